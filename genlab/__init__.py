@@ -1,0 +1,3 @@
+"""genlab: config-driven training and honest comparison of deep generative models."""
+
+__version__ = "0.1.0"

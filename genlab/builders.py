@@ -1,0 +1,82 @@
+"""Build the pieces of a run from its config, and refuse incompatible combinations early.
+
+Compatibility is decided by the objects themselves (``Family.check_objective``,
+``Family.check_data``); this module only turns a refusal into a message that names the
+valid choices, found by asking every option of the ``model`` / ``loss`` config groups.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from genlab.data.base import DataInfo
+from genlab.families.base import Family, IncompatibleConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def group_options(group: str) -> list[str]:
+    """Names of the options of a config group (the YAML files in ``configs/<group>/``)."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def load_option(group: str, name: str) -> DictConfig:
+    """The node an option contributes to its group (``model`` options are ``@package _global_``)."""
+    cfg = OmegaConf.load(CONFIG_DIR / group / f"{name}.yaml")
+    return cfg[group] if group in cfg and "_target_" not in cfg else cfg
+
+
+def choices(cfg: DictConfig) -> dict[str, str]:
+    """The chosen option per group (``model=...``), from Hydra's runtime where available."""
+    if HydraConfig.initialized():
+        return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+    return {g: "?" for g in ("model", "loss", "dataset")}
+
+
+def build_family(cfg: DictConfig) -> Family:
+    """Instantiate ``cfg.model`` with ``cfg.loss`` as its training objective."""
+    return instantiate(cfg.model, objective=instantiate(cfg.loss))
+
+
+def _valid(group: str, accept) -> list[str]:
+    out = []
+    for name in group_options(group):
+        try:
+            if accept(instantiate(load_option(group, name))):
+                out.append(name)
+        except Exception:  # an option that cannot be built stand-alone is simply not listed
+            continue
+    return out
+
+
+def check_compatible(family: Family, info: DataInfo, chosen: dict[str, str]) -> None:
+    """Raise :class:`IncompatibleConfigError` naming the valid choices, before any training."""
+    model, loss, dataset = chosen.get("model", "?"), chosen.get("loss", "?"), chosen.get("dataset", "?")
+    reason = family.check_objective(family.objective)
+    if reason:
+        valid = _valid("loss", lambda obj: family.check_objective(obj) is None)
+        raise IncompatibleConfigError(
+            f"loss={loss} cannot train model={model} ({reason}). Valid choices of loss for "
+            f"model={model}: {', '.join(valid) or 'none'}. Fix: pass one of them (e.g. loss={valid[0] if valid else '...'}) "
+            f"or drop the loss override to use the model's default."
+        )
+    reason = family.check_data(info)
+    if reason:
+        valid = _valid("model", lambda fam: isinstance(fam, Family) and fam.check_data(info) is None)
+        raise IncompatibleConfigError(
+            f"model={model} cannot be trained on dataset={dataset} ({reason}). Models that can: "
+            f"{', '.join(valid) or 'none in this install'}. Fix: pass model=<one of them>, or choose "
+            f"another dataset or model option that fits (see configs/model/)."
+        )
+
+
+def build_callbacks_and_loggers(cfg: DictConfig) -> tuple[list[Any], list[Any]]:
+    """Instantiate every entry of the ``callbacks`` and ``logger`` groups (null entries skipped)."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    return callbacks, loggers

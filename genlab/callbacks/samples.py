@@ -1,0 +1,65 @@
+"""Sample grids: PNG files on disk, and images in the W&B / TensorBoard dashboards."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from genlab.data.base import DataInfo
+
+
+def image_grid(x: Tensor, levels: int, nrow: int | None = None) -> Tensor:
+    """Discrete images ``(N, C, H, W)`` -> a float ``(3|1, H', W')`` grid in ``[0, 1]``."""
+    x = x.float() / (levels - 1)
+    return make_grid(x, nrow=nrow or math.ceil(math.sqrt(len(x))), padding=1, pad_value=0.5)
+
+
+def write_samples(x: Tensor, info: DataInfo, path: str | Path) -> Path:
+    """Write samples in data space: a PNG grid for images, a text file for text.
+
+    Returns the path written (``.png`` or ``.txt`` suffix, chosen from the data kind).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if info.kind == "text":
+        path = path.with_suffix(".txt")
+        sep = "\n" + "-" * 40 + "\n"
+        path.write_text(sep.join(info.decode_text(row) for row in x.cpu()), encoding="utf-8")
+        return path
+    path = path.with_suffix(".png")
+    save_image(image_grid(x.cpu(), info.levels), path)
+    return path
+
+
+class SampleGrid(L.Callback):
+    """Every ``every_n_epochs`` validation epochs, draw ``n`` samples with a fixed seed, write
+    ``<run>/samples/epoch=XXXX.png`` and log the grid to W&B / TensorBoard if attached."""
+
+    def __init__(self, n: int = 64, every_n_epochs: int = 1, seed: int = 1234) -> None:
+        self.n, self.every_n_epochs, self.seed = n, every_n_epochs, seed
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        with torch.random.fork_rng(devices=[]):
+            x = pl_module.sample(self.n, seed=self.seed)
+        path = write_samples(x, pl_module.info, Path(trainer.default_root_dir) / "samples" / f"epoch={trainer.current_epoch:04d}")
+        self._log(trainer, path, x, pl_module.info)
+
+    @staticmethod
+    def _log(trainer: L.Trainer, path: Path, x: Tensor, info: DataInfo) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and path.suffix == ".png":
+                logger.log_image("samples", images=[str(path)], step=trainer.global_step)
+            elif isinstance(logger, WandbLogger):
+                logger.log_text("samples", columns=["text"], data=[[path.read_text()[:2000]]], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger) and path.suffix == ".png":
+                logger.experiment.add_image("samples", image_grid(x.cpu(), info.levels), trainer.global_step)

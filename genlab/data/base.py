@@ -1,0 +1,238 @@
+"""In-memory datamodules shared by every dataset.
+
+Every split lives in memory in its *discrete* form: images as ``uint8`` tensors of shape
+``(N, C, H, W)`` with values in ``{0, ..., levels-1}``, text as ``int64`` character ids.
+Batches are produced by tensor indexing (no per-sample Python transforms): a sampler yields
+``(indices, batch_seed)`` pairs and the split dataset returns ``{"x": x[indices], ...}``.
+The seed of each batch is derived from ``(seed, epoch, batch index)`` so that stochastic data
+transforms (dynamic binarisation) and the shuffling order are reproducible, also across a
+resume from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+
+class DataError(RuntimeError):
+    """A dataset could not be loaded: the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """Metadata that families read to size their networks and likelihoods.
+
+    Attributes:
+        name: dataset name (stable, used in results and tables).
+        kind: ``"image"`` (x has shape ``(C, H, W)``) or ``"text"`` (x has shape ``(T,)``).
+        shape: shape of one example, without the batch dimension.
+        levels: number of discrete values per dimension (2 for binary images, 256 for 8-bit,
+            17 for sklearn digits, the vocabulary size for text).
+        num_classes: number of labels where the data has labels (for classifiers), else None.
+        entropy_nats: the true entropy of the data distribution in nats per example, where it
+            is known exactly (``toy`` data), else None.
+        vocab: for text, the characters in id order.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    levels: int
+    num_classes: int | None = None
+    entropy_nats: float | None = None
+    vocab: tuple[str, ...] | None = field(default=None, repr=False)
+
+    @property
+    def dims(self) -> int:
+        """Number of discrete dimensions per example (the D of bits/dim)."""
+        return math.prod(self.shape)
+
+    @property
+    def unit(self) -> str:
+        """Name of the per-dimension likelihood unit."""
+        return "bits/char" if self.kind == "text" else "bits/dim"
+
+    @property
+    def entropy_bpd(self) -> float | None:
+        """True entropy in bits per dimension, where known."""
+        if self.entropy_nats is None:
+            return None
+        return self.entropy_nats / (self.dims * math.log(2))
+
+    def decode_text(self, ids: Tensor) -> str:
+        """Characters of a 1-D tensor of ids (text data only)."""
+        assert self.vocab is not None, "decode_text needs text data"
+        return "".join(self.vocab[i] for i in ids.tolist())
+
+
+class IndexBatchSampler:
+    """Yields ``(indices, batch_seed)`` for one epoch of a split of ``n`` items.
+
+    Shuffling uses a generator seeded by ``(seed, epoch)``; ``set_epoch`` is called by
+    Lightning at the start of every epoch. Under DDP each rank takes every ``world_size``-th
+    batch. ``num_samples`` draws that many items per epoch (default: all of them).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        num_samples: int | None = None,
+    ) -> None:
+        if n <= 0:
+            raise DataError("a data split is empty: increase the dataset size or the split fractions")
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+        self.seed, self.epoch = seed, 0
+        self.num_samples = min(num_samples or n, n)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rank(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _batches(self) -> list[Tensor]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g)[: self.num_samples]
+        else:
+            order = torch.arange(self.num_samples)
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and len(batches) > 1 and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        rank, world = self._rank()
+        if world > 1:  # equal number of batches per rank, so collectives stay in step
+            batches = batches[: len(batches) - len(batches) % world] or batches[:world]
+            batches = batches[rank::world]
+        return batches
+
+    def __iter__(self) -> Iterator[tuple[Tensor, int]]:
+        for i, idx in enumerate(self._batches()):
+            yield idx, (self.seed * 7_919 + self.epoch) * 100_003 + i
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
+
+
+class TensorSplit(Dataset):
+    """One split held in memory; indexed by ``(indices, batch_seed)`` it returns a batch dict.
+
+    Args:
+        x: discrete data, first dimension indexes examples.
+        y: optional labels, shape ``(N,)``.
+        transform: optional batch transform ``(x_batch, generator) -> x_batch`` (e.g. dynamic
+            binarisation); it receives a generator seeded with the batch seed.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor | None = None, transform: BatchTransform | None = None):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, item: tuple[Tensor, int]) -> dict[str, Tensor]:
+        idx, seed = item
+        x = self.x[idx]
+        if self.transform is not None:
+            x = self.transform(x, torch.Generator().manual_seed(seed))
+        batch = {"x": x}
+        if self.y is not None:
+            batch["y"] = self.y[idx]
+        return batch
+
+
+def seeded_split(n: int, fractions: tuple[float, ...], seed: int) -> list[Tensor]:
+    """Split ``range(n)`` into disjoint index sets of the given fractions (last gets the rest)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    sizes = [int(round(f * n)) for f in fractions[:-1]]
+    sizes.append(n - sum(sizes))
+    return list(order.split(sizes))
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Base class: subclasses implement :meth:`load_splits` (and :attr:`info`).
+
+    ``load_splits`` returns a dict with keys ``train``, ``val``, ``test``, each a
+    :class:`TensorSplit`. Loading happens once, on first use.
+
+    Args:
+        batch_size: training batch size.
+        eval_batch_size: batch size for validation/test (default: ``batch_size``).
+        seed: seed of the train/val split, the shuffling and stochastic transforms.
+        val_fraction: share of the training data held out for validation, where the dataset
+            has no official validation split.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
+        val_fraction: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self._splits: dict[str, TensorSplit] | None = None
+
+    # -- to implement -------------------------------------------------------------------
+    def load_splits(self) -> dict[str, TensorSplit]:
+        raise NotImplementedError
+
+    @property
+    def info(self) -> DataInfo:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------
+    @property
+    def splits(self) -> dict[str, TensorSplit]:
+        if self._splits is None:
+            self._splits = self.load_splits()
+        return self._splits
+
+    def setup(self, stage: str | None = None) -> None:
+        self.splits  # noqa: B018  (load once)
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
+        ds = self.splits[split]
+        sampler = IndexBatchSampler(len(ds), batch_size, shuffle, drop_last, self.seed)
+        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        n = len(self.splits["train"])
+        return self._loader("train", True, min(self.batch_size, n), drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_batch_size, drop_last=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_batch_size, drop_last=False)
+
+
+def images_to_uint8(x, name: str) -> Tensor:
+    """Convert an array of images (N,H,W) or (N,C,H,W) to a uint8 ``(N, C, H, W)`` tensor."""
+    t = torch.as_tensor(x)
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    if t.ndim != 4:
+        raise DataError(f"{name}: expected images of shape (N,H,W) or (N,C,H,W), got {tuple(t.shape)}")
+    if t.dtype != torch.uint8:
+        raise DataError(f"{name}: expected uint8 pixel values, got dtype {t.dtype}; convert with .astype('uint8')")
+    return t.contiguous()

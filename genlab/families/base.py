@@ -1,0 +1,84 @@
+"""The family contract: what every generative family implements.
+
+A family is a small object, not a LightningModule. It builds its networks for a dataset
+(:meth:`Family.build`), and then every method takes those networks as an argument:
+
+* ``loss(nets, batch) -> LossOutput``: the training objective (scalar) and named terms;
+* ``sample(nets, n) -> Tensor``: ``n`` samples in DATA space (uint8 images / int64 ids);
+* ``log_likelihood(nets, batch, **kw) -> LogLikelihood | None``: per-example ``log P(x)``
+  in nats on the DISCRETE data, with its kind (exact / bound / estimate); ``None`` where
+  the family has no likelihood.
+
+The generic :class:`genlab.module.GenerativeModule` trains any family through this contract.
+Families that need more than one optimizer (GANs) override :meth:`Family.param_groups`.
+The training objective is a separate small callable (``objective``, the ``loss`` config
+group) that the family validates in :meth:`Family.check_objective`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from genlab.data.base import DataInfo
+from genlab.metrics.likelihood import LogLikelihood, NLLKind
+
+
+class IncompatibleConfigError(ValueError):
+    """A model, loss and dataset that cannot be combined (raised before training)."""
+
+
+@dataclass
+class LossOutput:
+    """Scalar training loss and named, detached terms for logging."""
+
+    loss: Tensor
+    logs: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Family:
+    """Base class of generative families (see module docstring).
+
+    Subclasses set :attr:`name` (stable API) and :attr:`objective_type` (the base class of the
+    objectives they accept), and implement :meth:`build`, :meth:`loss`, :meth:`sample` and,
+    where they have one, :meth:`log_likelihood`.
+    """
+
+    name: str = "base"
+    objective_type: type = object
+    nll_kind: NLLKind = "none"
+
+    def __init__(self, objective: Any = None) -> None:
+        self.objective = objective
+
+    # -- compatibility (checked before anything is trained) -----------------------------
+    def check_data(self, info: DataInfo) -> str | None:
+        """Return why this family cannot model ``info``'s data, or None if it can."""
+        return None
+
+    def check_objective(self, objective: Any) -> str | None:
+        """Return why ``objective`` is not a valid loss for this family, or None."""
+        if not isinstance(objective, self.objective_type):
+            return f"{type(objective).__name__} is not a {self.objective_type.__name__}"
+        return None
+
+    # -- contract ----------------------------------------------------------------------
+    def build(self, info: DataInfo) -> nn.ModuleDict:
+        """Networks sized for the data; ``nets`` in every other method."""
+        raise NotImplementedError
+
+    def param_groups(self, nets: nn.ModuleDict) -> dict[str, list[nn.Parameter]]:
+        """Parameters per optimizer; one optimizer (``main``) by default."""
+        return {"main": list(nets.parameters())}
+
+    def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor]) -> LossOutput:
+        raise NotImplementedError
+
+    def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
+        raise NotImplementedError
+
+    def log_likelihood(self, nets: nn.ModuleDict, batch: dict[str, Tensor], **kwargs) -> LogLikelihood | None:
+        """Per-example discrete log-likelihood; None for families without one."""
+        return None

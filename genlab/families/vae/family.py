@@ -1,0 +1,187 @@
+"""Variational autoencoder (Kingma & Welling 2014) with a discrete decoder.
+
+Generative model ``p(z) = N(0, I)``, ``p(x|z) = prod_d P(x_d | decoder(z)_d)`` with a discrete
+observation model (:mod:`genlab.distributions`) over the data's levels, so ``log p(x|z)`` is a
+log *probability* of the discrete data and every bound below is directly in the shared unit.
+Encoder ``q(z|x) = N(mu(x), diag sigma^2(x))``.
+
+Training objectives (the ``loss`` group, :mod:`genlab.families.vae.objectives`): ``elbo``
+(β-weighted) and ``iwae`` (k samples). Test NLL: the importance-weighted estimate
+(Burda et al. 2016, Eq. 8)::
+
+    log p(x) ≈ log (1/k) sum_i p(x, z_i) / q(z_i|x),   z_i ~ q(z|x)
+
+labelled ``estimate`` for k > 1 and ``bound`` (the ELBO) for k = 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from genlab.data.base import DataInfo
+from genlab.distributions import Categorical, DiscreteObservation
+from genlab.families.base import Family, LossOutput
+from genlab.metrics.likelihood import LogLikelihood
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def gaussian_log_prob(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """``log N(z; mu, diag exp(logvar))`` summed over the last dimension."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar)).sum(-1)
+
+
+def kl_to_standard_normal(mu: Tensor, logvar: Tensor) -> Tensor:
+    """``KL(N(mu, diag exp(logvar)) || N(0, I))`` in closed form, summed over the last dim."""
+    return 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+class VAEObjective:
+    """Base class of the VAE training objectives (``loss`` group)."""
+
+    def __call__(self, vae: "VAE", nets: nn.ModuleDict, x: Tensor) -> LossOutput:
+        raise NotImplementedError
+
+
+class VAE(Family):
+    """VAE family.
+
+    Args:
+        encoder: backbone factory ``encoder(in_dim, out_dim)`` (``_partial_`` in config).
+        decoder: backbone factory ``decoder(in_dim, out_dim)``.
+        observation: discrete observation model of ``p(x|z)`` (default: categorical).
+        latent_dim: size of ``z``.
+        val_k, test_k: importance samples for validation / test NLL.
+        objective: training objective (``elbo``, ``iwae``).
+    """
+
+    name = "vae"
+    objective_type = VAEObjective
+
+    def __init__(
+        self,
+        encoder: Callable[..., nn.Module],
+        decoder: Callable[..., nn.Module],
+        observation: DiscreteObservation | None = None,
+        latent_dim: int = 32,
+        val_k: int = 1,
+        test_k: int = 500,
+        objective: VAEObjective | None = None,
+    ) -> None:
+        super().__init__(objective)
+        self.encoder_factory, self.decoder_factory = encoder, decoder
+        self.observation = observation or Categorical()
+        self.latent_dim, self.val_k, self.test_k = latent_dim, val_k, test_k
+        self.info: DataInfo | None = None
+
+    @property
+    def nll_kind(self) -> str:
+        return "bound" if self.test_k == 1 else "estimate"
+
+    # -- setup -----------------------------------------------------------------------
+    def check_data(self, info: DataInfo) -> str | None:
+        for role, factory in (("encoder", self.encoder_factory), ("decoder", self.decoder_factory)):
+            kinds = getattr(getattr(factory, "func", factory), "input_kinds", ("image", "text"))
+            if info.kind not in kinds:
+                return f"the {role} backbone only handles {'/'.join(kinds)} data, not {info.kind}"
+        return self.observation.check_levels(info.levels)
+
+    def _in_dim(self, info: DataInfo) -> tuple[int, ...]:
+        return (info.shape[0], info.levels) if info.kind == "text" else info.shape
+
+    def build(self, info: DataInfo) -> nn.ModuleDict:
+        self.info = info
+        p = self.observation.num_params(info.levels)
+        out = (p * info.shape[0], *info.shape[1:]) if info.kind == "image" else (p, *info.shape)
+        return nn.ModuleDict(
+            {
+                "encoder": self.encoder_factory(in_dim=self._in_dim(info), out_dim=2 * self.latent_dim),
+                "decoder": self.decoder_factory(in_dim=self.latent_dim, out_dim=out),
+            }
+        )
+
+    # -- pieces used by the objectives -------------------------------------------------
+    def encoder_input(self, x: Tensor) -> Tensor:
+        """Discrete data -> network input: images scaled to [-1, 1], text one-hot."""
+        if self.info.kind == "text":
+            return F.one_hot(x.long(), self.info.levels).float()
+        return x.float() * (2.0 / (self.info.levels - 1)) - 1.0
+
+    def encode(self, nets: nn.ModuleDict, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``q(z|x)`` parameters: ``mu, logvar``, each ``(B, Z)``."""
+        mu, logvar = nets["encoder"](self.encoder_input(x)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+    def decoder_params(self, nets: nn.ModuleDict, z: Tensor) -> Tensor:
+        """Observation parameters ``(B, P, D)`` for latents ``(B, Z)``."""
+        out = nets["decoder"](z)
+        return out.reshape(out.shape[0], self.observation.num_params(self.info.levels), -1)
+
+    def log_px_given_z(self, nets: nn.ModuleDict, z: Tensor, x: Tensor) -> Tensor:
+        """``log p(x|z)`` in nats, ``(B,)``; ``x`` discrete ``(B, *shape)``."""
+        return self.observation.log_prob(self.decoder_params(nets, z), x.reshape(x.shape[0], -1), self.info.levels)
+
+    def log_weights(self, nets: nn.ModuleDict, x: Tensor, k: int) -> Tensor:
+        """Importance log-weights ``log p(x, z_i) - log q(z_i|x)``, shape ``(k, B)``.
+
+        Evaluated in chunks of samples so that memory stays bounded for large ``k``.
+        """
+        mu, logvar = self.encode(nets, x)
+        b = x.shape[0]
+        per_sample = b * self.info.dims * self.observation.num_params(self.info.levels)
+        chunk = max(1, min(k, int(2e7 // max(per_sample, 1))))
+        out = []
+        for start in range(0, k, chunk):
+            kc = min(chunk, k - start)
+            z = mu + torch.randn(kc, *mu.shape, device=mu.device) * (0.5 * logvar).exp()  # (kc, B, Z)
+            log_q = gaussian_log_prob(z, mu, logvar)
+            log_pz = gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z))
+            xs = x.unsqueeze(0).expand(kc, *x.shape).reshape(kc * b, *x.shape[1:])
+            log_px = self.log_px_given_z(nets, z.reshape(kc * b, -1), xs).view(kc, b)
+            out.append(log_px + log_pz - log_q)
+        return torch.cat(out)
+
+    # -- contract ----------------------------------------------------------------------
+    def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor]) -> LossOutput:
+        return self.objective(self, nets, batch["x"])
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, nets: nn.ModuleDict, batch: dict[str, Tensor], stage: Literal["val", "test"] = "test"
+    ) -> LogLikelihood:
+        k = self.val_k if stage == "val" else self.test_k
+        log_w = self.log_weights(nets, batch["x"], k)
+        return LogLikelihood(torch.logsumexp(log_w, 0) - math.log(k), "bound" if k == 1 else "estimate")
+
+    @torch.no_grad()
+    def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
+        z = torch.randn(n, self.latent_dim, device=next(nets.parameters()).device)
+        x = self.observation.sample(self.decoder_params(nets, z), self.info.levels)
+        return self.to_data(x)
+
+    def to_data(self, x: Tensor) -> Tensor:
+        """Flat level ids ``(B, D)`` -> data space (uint8 images / int64 text)."""
+        x = x.view(-1, *self.info.shape)
+        return x if self.info.kind == "text" else x.to(torch.uint8)
+
+    @torch.no_grad()
+    def interpolate(self, nets: nn.ModuleDict, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
+        """Decoder means along the line between the posterior means of ``x_a`` and ``x_b``.
+
+        Args:
+            x_a, x_b: discrete examples ``(B, *shape)``.
+        Returns:
+            ``(B, steps, *shape)`` float tensor in level units ``[0, L-1]``.
+        """
+        mu_a, _ = self.encode(nets, x_a)
+        mu_b, _ = self.encode(nets, x_b)
+        t = torch.linspace(0, 1, steps, device=mu_a.device).view(1, steps, 1)
+        z = (1 - t) * mu_a.unsqueeze(1) + t * mu_b.unsqueeze(1)  # (B, steps, Z)
+        mean = self.observation.mean(self.decoder_params(nets, z.flatten(0, 1)), self.info.levels)
+        return mean.view(x_a.shape[0], steps, *self.info.shape)

@@ -1,0 +1,1 @@
+"""Metrics: likelihood accounting (:mod:`genlab.metrics.likelihood`)."""

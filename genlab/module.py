@@ -1,0 +1,135 @@
+"""One generic LightningModule that trains any family through the family contract."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from genlab.data.base import DataInfo
+from genlab.families.base import Family
+from genlab.metrics.likelihood import nats_to_bpd
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite (raised before the optimizer step)."""
+
+
+class GenerativeModule(L.LightningModule):
+    """Trains ``family`` on data described by ``info``.
+
+    Validation and test compute the family's per-example ``log P(x)`` and log the mean NLL
+    as ``{val,test}/nll_nats`` and ``{val,test}/nll_bpd`` (reduced across DDP ranks by
+    torchmetrics). Randomness is re-seeded from ``(seed, global_step, rank)`` at every step,
+    so that a run resumed from a checkpoint continues exactly as an uninterrupted one, and
+    evaluation from ``(seed, batch_idx)`` so that val/test NLL are repeatable.
+
+    Args:
+        family: the generative family (builds ``self.nets``).
+        info: dataset metadata.
+        optimizer: factory ``optimizer(params) -> Optimizer`` (``_partial_`` in config).
+        scheduler: optional factory ``scheduler(optimizer, total_steps=...) -> LRScheduler``.
+        seed: base seed for per-step randomness.
+        run_config: the resolved run config, stored in checkpoints to rebuild the run.
+    """
+
+    def __init__(
+        self,
+        family: Family,
+        info: DataInfo,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        seed: int = 0,
+        run_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.family, self.info = family, info
+        self.nets = family.build(info)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.seed, self.run_config = seed, run_config
+        self.nll = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        self.nll_kind: dict[str, str] = {}
+
+    # -- training ----------------------------------------------------------------------
+    def _reseed(self, offset: int) -> None:
+        torch.manual_seed((self.seed * 1_000_003 + offset) * 64 + self.global_rank)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        self._reseed(self.global_step)
+        out = self.family.loss(self.nets, batch)
+        self._check_finite(out.loss, out.logs)
+        self.log("train/loss", out.loss, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
+        return out.loss
+
+    def _check_finite(self, loss: Tensor, logs: dict[str, Tensor]) -> None:
+        if torch.isfinite(loss):
+            return
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items()) or "none"
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+        raise NonFiniteLossError(
+            f"The training loss is {float(loss)} at step {self.global_step} "
+            f"(family={self.family.name}, terms: {terms}). The weights were not updated with it; "
+            f"the last good checkpoint is {ckpt}. Fix: lower optimizer.lr, clip gradients "
+            f"(trainer.gradient_clip_val=1.0), or check the data for invalid values; resume with "
+            f"ckpt_path=<that checkpoint>."
+        )
+
+    def configure_optimizers(self) -> Any:
+        groups = self.family.param_groups(self.nets)
+        optimizers = [self.optimizer_factory(params) for params in groups.values()]
+        if self.scheduler_factory is None:
+            return optimizers
+        total = self.trainer.estimated_stepping_batches
+        schedulers = [
+            {"scheduler": self.scheduler_factory(opt, total_steps=total), "interval": "step"} for opt in optimizers
+        ]
+        return optimizers, schedulers
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _eval_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._reseed(10**9 + batch_idx)
+        ll = self.family.log_likelihood(self.nets, batch, stage=stage)
+        if ll is None:
+            return
+        self.nll[stage].update(-ll.log_px.double())
+        self.nll_kind[stage] = ll.kind
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        if stage not in self.nll_kind:
+            return
+        nats = self.nll[stage].compute()
+        self.nll[stage].reset()
+        self.log(f"{stage}/nll_nats", nats.float(), sync_dist=False)
+        self.log(f"{stage}/nll_bpd", nats_to_bpd(nats, self.info.dims).float(), prog_bar=True, sync_dist=False)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch, batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # -- sampling / checkpoints ---------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, seed: int | None = None) -> Tensor:
+        """``n`` samples in data space, in eval mode, optionally with a fixed seed."""
+        was_training = self.training
+        self.eval()
+        if seed is not None:
+            torch.manual_seed(seed)
+        x = self.family.sample(self.nets, n)
+        self.train(was_training)
+        return x
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["genlab_config"] = self.run_config

@@ -1,0 +1,73 @@
+"""``results.json``: what a finished (or failed) run leaves behind for comparisons."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from genlab.module import GenerativeModule
+
+
+def _nll(metrics: dict[str, Any], stage: str, kind: str | None, unit: str) -> dict[str, Any]:
+    if kind is None or f"{stage}/nll_nats" not in metrics:
+        return {"nll_kind": "none"}
+    return {
+        "nll_bpd": float(metrics[f"{stage}/nll_bpd"]),
+        "nll_nats": float(metrics[f"{stage}/nll_nats"]),
+        "nll_kind": kind,
+        "unit": unit,
+    }
+
+
+def build_results(
+    cfg: DictConfig,
+    chosen: dict[str, str],
+    module: GenerativeModule,
+    trainer: L.Trainer,
+    test_metrics: dict[str, Any],
+    timings: dict[str, float],
+    samples: str | None,
+    checkpoints: dict[str, str | None],
+    status: str = "finished",
+    error: str | None = None,
+) -> dict[str, Any]:
+    """Collect the run's identity, metrics, timings and output paths into one dict."""
+    info = module.info
+    val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    return {
+        "status": status,
+        "error": error,
+        "family": module.family.name,
+        "model": chosen.get("model"),
+        "loss": chosen.get("loss"),
+        "dataset": info.name,
+        "seed": cfg.get("seed"),
+        "params": sum(p.numel() for p in module.nets.parameters()),
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "train_seconds": timings.get("train_seconds"),
+        "timings": timings,
+        "data": {"shape": list(info.shape), "levels": info.levels, "dims": info.dims,
+                 "entropy_bpd": info.entropy_bpd, "uniform_bpd": math.log2(info.levels)},
+        "val": _nll(val_metrics, "val", module.nll_kind.get("val"), info.unit),
+        "test": _nll(test_metrics, "test", module.nll_kind.get("test"), info.unit),
+        "samples": samples,
+        "checkpoint": checkpoints.get("best") or checkpoints.get("last"),
+        "checkpoints": checkpoints,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def write_results(results: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write ``<out_dir>/results.json`` atomically (a crash never leaves half a file)."""
+    path = Path(out_dir) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,93 @@
+"""``genlab-train`` / ``python -m genlab.train``: compose a run with Hydra, fit, test, sample.
+
+Every run writes ``<run dir>/results.json`` and ends its output with ``results: <path>``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from genlab.builders import build_callbacks_and_loggers, build_family, check_compatible, choices
+from genlab.callbacks.samples import write_samples
+from genlab.data.base import DataError
+from genlab.families.base import IncompatibleConfigError
+from genlab.module import GenerativeModule, NonFiniteLossError
+from genlab.results import build_results, write_results
+
+USER_ERRORS = (DataError, IncompatibleConfigError, NonFiniteLossError)
+
+
+def _checkpoints(trainer: L.Trainer) -> dict[str, str | None]:
+    cb = trainer.checkpoint_callback
+    return {"best": getattr(cb, "best_model_path", None) or None, "last": getattr(cb, "last_model_path", None) or None}
+
+
+def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Trainer, dm: Any, timings: dict) -> tuple[dict, str]:
+    t0 = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    timings["train_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    test = trainer.test(module, datamodule=dm, ckpt_path=_checkpoints(trainer)["best"], verbose=False)
+    timings["test_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    x = module.sample(cfg.num_samples, seed=cfg.seed)
+    timings["samples_per_second"] = cfg.num_samples / (time.perf_counter() - t0)
+    path = write_samples(x, module.info, Path(cfg.paths.output_dir) / "samples")
+    return (test[0] if test else {}), str(path)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Build everything from ``cfg``, train, test, sample; return the results dict."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    chosen = choices(cfg)
+    datamodule = instantiate(cfg.dataset)
+    family = build_family(cfg)
+    check_compatible(family, datamodule.info, chosen)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    module = GenerativeModule(family, datamodule.info, instantiate(cfg.optimizer), scheduler, cfg.seed, run_config)
+    callbacks, loggers = build_callbacks_and_loggers(cfg)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    timings: dict[str, float] = {}
+    try:
+        test, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings)
+    except NonFiniteLossError as err:  # keep a record of the failed run next to its checkpoints
+        results = build_results(cfg, chosen, module, trainer, {}, timings, None, _checkpoints(trainer), "failed", str(err))
+        write_results(results, cfg.paths.output_dir)
+        raise
+    results = build_results(cfg, chosen, module, trainer, test, timings, samples, _checkpoints(trainer))
+    results["path"] = str(write_results(results, cfg.paths.output_dir))
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    """The closing lines a user reads: test NLL and where everything is."""
+    t = results["test"]
+    nll = (
+        f"test NLL: {t['nll_bpd']:.4f} {t['unit']} ({t['nll_kind']}) = {t['nll_nats']:.2f} nats/example"
+        if t["nll_kind"] != "none" else f"test NLL: — ({results['family']} has no likelihood)"
+    )
+    return f"{nll}\nsamples: {results['samples']}\ncheckpoint: {results['checkpoint']}\nresults: {results['path']}"
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point; returns the test NLL (bits/dim) for Hydra sweepers."""
+    try:
+        results = run(cfg)
+    except USER_ERRORS as err:
+        sys.exit(f"\nerror: {err}")
+    print(report(results), flush=True)
+    return results["test"].get("nll_bpd")
+
+
+if __name__ == "__main__":
+    main()
