@@ -38,8 +38,14 @@ class DiscreteObservation:
         raise NotImplementedError
 
     def mean(self, params: Tensor, levels: int) -> Tensor:
-        """``E[x]`` in level units (float in ``[0, L-1]``), ``(B, D)``."""
-        raise NotImplementedError
+        """``E[x] = sum_l l P(l)`` in level units (float in ``[0, L-1]``), ``(B, D)``, by
+        enumerating the levels."""
+        b, _, d = params.shape
+        total = torch.zeros(b, d, device=params.device)
+        for level in range(levels):
+            x = torch.full((b, d), level, device=params.device, dtype=torch.long)
+            total += level * self.log_prob_per_dim(params, x, levels).exp()
+        return total
 
 
 class Categorical(DiscreteObservation):
@@ -120,6 +126,3 @@ class DiscretizedLogistic(DiscreteObservation):
         u = torch.rand_like(mu).clamp(1e-5, 1 - 1e-5)
         y = mu + log_s.exp() * (u.log() - (-u).log1p())
         return ((y.clamp(-1, 1) + 1) / 2 * (levels - 1)).round().long()
-
-    def mean(self, params: Tensor, levels: int) -> Tensor:
-        return (params[:, 0].float().clamp(-1, 1) + 1) / 2 * (levels - 1)

@@ -29,16 +29,16 @@ def build_results(
     chosen: dict[str, str],
     module: GenerativeModule,
     trainer: L.Trainer,
-    test_metrics: dict[str, Any],
+    metrics: dict[str, Any],
     timings: dict[str, float],
     samples: str | None,
     checkpoints: dict[str, str | None],
     status: str = "finished",
     error: str | None = None,
 ) -> dict[str, Any]:
-    """Collect the run's identity, metrics, timings and output paths into one dict."""
+    """Collect the run's identity, metrics (``{val,test}/nll_*``), timings and paths into one dict."""
     info = module.info
-    val_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    best = getattr(trainer.checkpoint_callback, "best_model_score", None)
     return {
         "status": status,
         "error": error,
@@ -54,8 +54,9 @@ def build_results(
         "timings": timings,
         "data": {"shape": list(info.shape), "levels": info.levels, "dims": info.dims,
                  "entropy_bpd": info.entropy_bpd, "uniform_bpd": math.log2(info.levels)},
-        "val": _nll(val_metrics, "val", module.nll_kind.get("val"), info.unit),
-        "test": _nll(test_metrics, "test", module.nll_kind.get("test"), info.unit),
+        "val": {**_nll(metrics, "val", module.nll_kind.get("val"), info.unit),
+                "best_nll_bpd": float(best) if best is not None else None},
+        "test": _nll(metrics, "test", module.nll_kind.get("test"), info.unit),
         "samples": samples,
         "checkpoint": checkpoints.get("best") or checkpoints.get("last"),
         "checkpoints": checkpoints,

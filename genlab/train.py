@@ -15,7 +15,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.builders import build_callbacks_and_loggers, build_family, check_compatible, choices
+from genlab.builders import CONFIG_DIR, build_callbacks_and_loggers, build_family, check_compatible, choices
 from genlab.callbacks.samples import write_samples
 from genlab.data.base import DataError
 from genlab.families.base import IncompatibleConfigError
@@ -31,9 +31,11 @@ def _checkpoints(trainer: L.Trainer) -> dict[str, str | None]:
 
 
 def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Trainer, dm: Any, timings: dict) -> tuple[dict, str]:
+    """Fit, test the best checkpoint, write samples; returns (last val + test metrics, samples path)."""
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     timings["train_seconds"] = time.perf_counter() - t0
+    val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     t0 = time.perf_counter()
     test = trainer.test(module, datamodule=dm, ckpt_path=_checkpoints(trainer)["best"], verbose=False)
     timings["test_seconds"] = time.perf_counter() - t0
@@ -41,7 +43,7 @@ def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Train
     x = module.sample(cfg.num_samples, seed=cfg.seed)
     timings["samples_per_second"] = cfg.num_samples / (time.perf_counter() - t0)
     path = write_samples(x, module.info, Path(cfg.paths.output_dir) / "samples")
-    return (test[0] if test else {}), str(path)
+    return {**val, **(test[0] if test else {})}, str(path)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -58,12 +60,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     timings: dict[str, float] = {}
     try:
-        test, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings)
+        metrics, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings)
     except NonFiniteLossError as err:  # keep a record of the failed run next to its checkpoints
         results = build_results(cfg, chosen, module, trainer, {}, timings, None, _checkpoints(trainer), "failed", str(err))
         write_results(results, cfg.paths.output_dir)
         raise
-    results = build_results(cfg, chosen, module, trainer, test, timings, samples, _checkpoints(trainer))
+    results = build_results(cfg, chosen, module, trainer, metrics, timings, samples, _checkpoints(trainer))
     results["path"] = str(write_results(results, cfg.paths.output_dir))
     return results
 
@@ -78,7 +80,7 @@ def report(results: dict[str, Any]) -> str:
     return f"{nll}\nsamples: {results['samples']}\ncheckpoint: {results['checkpoint']}\nresults: {results['path']}"
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the test NLL (bits/dim) for Hydra sweepers."""
     try:

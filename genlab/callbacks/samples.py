@@ -14,10 +14,16 @@ from torchvision.utils import make_grid, save_image
 from genlab.data.base import DataInfo
 
 
-def image_grid(x: Tensor, levels: int, nrow: int | None = None) -> Tensor:
-    """Discrete images ``(N, C, H, W)`` -> a float ``(3|1, H', W')`` grid in ``[0, 1]``."""
+def image_grid(x: Tensor, levels: int, nrow: int | None = None, min_tile: int = 32) -> Tensor:
+    """Discrete images ``(N, C, H, W)`` -> a float ``(3|1, H', W')`` grid in ``[0, 1]``.
+
+    Small images are enlarged (nearest neighbour) to tiles of at least ``min_tile`` pixels.
+    """
     x = x.float() / (levels - 1)
-    return make_grid(x, nrow=nrow or math.ceil(math.sqrt(len(x))), padding=1, pad_value=0.5)
+    scale = max(1, min_tile // x.shape[-1])
+    if scale > 1:
+        x = x.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    return make_grid(x, nrow=nrow or math.ceil(math.sqrt(len(x))), padding=scale, pad_value=0.5)
 
 
 def write_samples(x: Tensor, info: DataInfo, path: str | Path) -> Path:

@@ -1,0 +1,40 @@
+"""Shared fixtures: compose run configs the way ``genlab-train`` does, into a temp dir."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from genlab.builders import CONFIG_DIR
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def compose_run(overrides: list[str], output_dir) -> DictConfig:
+    """Compose ``configs/train.yaml`` with overrides, set Hydra's runtime (choices) and the
+    output dir, as ``@hydra.main`` does for a real run."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.output_dir={output_dir}", *overrides], return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """``make_cfg(*overrides, name="run")`` -> a composed config writing into ``tmp_path/name``."""
+
+    def _make(*overrides: str, name: str = "run") -> DictConfig:
+        return compose_run(list(overrides), tmp_path / name)
+
+    return _make
