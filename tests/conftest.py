@@ -38,3 +38,11 @@ def make_cfg(tmp_path):
         return compose_run(list(overrides), tmp_path / name)
 
     return _make
+
+
+@pytest.fixture(scope="session")
+def fake_data(tmp_path_factory):
+    """A data dir with tiny MNIST/CIFAR-10 (real formats), a text file and an npz array."""
+    from fakes import write_fake_datasets
+
+    return write_fake_datasets(tmp_path_factory.mktemp("data"))

@@ -19,6 +19,8 @@ import torchvision.datasets
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from fakes import write_cifar_batch, write_idx
+
 from genlab.data.array import ArrayDataModule
 from genlab.data.base import DataError
 from genlab.data.cifar10 import CIFAR10DataModule, read_cifar_batch
@@ -35,10 +37,6 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "dataset"
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def write_idx(path: Path, a: np.ndarray) -> None:
-    path.write_bytes(bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}i", *a.shape) + a.tobytes())
-
-
 def rows(x: torch.Tensor) -> set[bytes]:
     return {r.numpy().tobytes() for r in x}
 
@@ -57,11 +55,6 @@ def mnist(tmp_path):
         write_idx(raw / f"{split}-labels-idx1-ubyte", y)
         arrays[split] = (x, y)
     return tmp_path, arrays
-
-
-def write_cifar_batch(path: Path, x: np.ndarray, y: np.ndarray) -> None:
-    d = {b"batch_label": b"test", b"data": x.reshape(len(x), -1), b"labels": y.tolist(), b"filenames": []}
-    path.write_bytes(pickle.dumps(d, protocol=2))
 
 
 @pytest.fixture
