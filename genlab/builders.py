@@ -80,3 +80,24 @@ def build_callbacks_and_loggers(cfg: DictConfig) -> tuple[list[Any], list[Any]]:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     return callbacks, loggers
+
+
+def load_run(ckpt_path: str, map_location: str = "cpu") -> tuple[Any, Any]:
+    """Rebuild a trained run from a checkpoint alone: ``(module, datamodule)``.
+
+    Uses the resolved run config that every genlab checkpoint stores (``genlab_config``).
+    """
+    import torch
+
+    from genlab.module import GenerativeModule
+
+    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    cfg = OmegaConf.create(ckpt.get("genlab_config") or {})
+    if "model" not in cfg:
+        raise ValueError(f"{ckpt_path} is not a genlab checkpoint (no genlab_config); pass a run's checkpoints/*.ckpt")
+    datamodule = instantiate(cfg.dataset)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = GenerativeModule(build_family(cfg), datamodule.info, instantiate(cfg.optimizer), scheduler, cfg.seed,
+                              OmegaConf.to_container(cfg))
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval(), datamodule

@@ -58,6 +58,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module = GenerativeModule(family, datamodule.info, instantiate(cfg.optimizer), scheduler, cfg.seed, run_config)
     callbacks, loggers = build_callbacks_and_loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    for logger in loggers:
+        logger.log_hyperparams(run_config)
     timings: dict[str, float] = {}
     try:
         metrics, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings)

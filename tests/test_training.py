@@ -114,3 +114,17 @@ def test_wandb_offline_and_tensorboard_receive_metrics_and_sample_images(make_cf
     run(make_cfg("logger=tensorboard", *common, name="tb"))
     events = list((tmp_path / "tb" / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and sum(e.stat().st_size for e in events) > 1000
+
+
+def test_a_checkpoint_alone_rebuilds_the_run(make_cfg):
+    from genlab.builders import load_run
+
+    results = run(make_cfg("trainer.max_epochs=2", "model.test_k=1"))
+    module, dm = load_run(results["checkpoint"])
+    assert module.info == dm.info and module.family.name == "vae"
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    ll = module.family.log_likelihood(module.nets, batch, stage="test")  # k=1: the ELBO bound
+    assert ll.kind == "bound" and torch.isfinite(ll.log_px).all()
+    x = module.sample(8, seed=0)
+    assert x.shape == (8, 1, 8, 8) and x.dtype == torch.uint8
