@@ -126,3 +126,12 @@ class DiscretizedLogistic(DiscreteObservation):
         u = torch.rand_like(mu).clamp(1e-5, 1 - 1e-5)
         y = mu + log_s.exp() * (u.log() - (-u).log1p())
         return ((y.clamp(-1, 1) + 1) / 2 * (levels - 1)).round().long()
+
+
+def default_observation(levels: int) -> DiscreteObservation:
+    """A sensible observation model for data with ``levels`` levels: Bernoulli for binary data,
+    a free categorical up to 64 levels, a discretised logistic beyond (a 256-way softmax per
+    pixel makes decoders needlessly large)."""
+    if levels == 2:
+        return Bernoulli()
+    return Categorical() if levels <= 64 else DiscretizedLogistic()

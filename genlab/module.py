@@ -67,12 +67,12 @@ class GenerativeModule(L.LightningModule):
         return out.loss
 
     def _check_finite(self, loss: Tensor, logs: dict[str, Tensor]) -> None:
-        if torch.isfinite(loss):
+        if torch.isfinite(loss.detach()):
             return
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items()) or "none"
         ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
         raise NonFiniteLossError(
-            f"The training loss is {float(loss)} at step {self.global_step} "
+            f"The training loss is {loss.item()} at step {self.global_step} "
             f"(family={self.family.name}, terms: {terms}). The weights were not updated with it; "
             f"the last good checkpoint is {ckpt}. Fix: lower optimizer.lr, clip gradients "
             f"(trainer.gradient_clip_val=1.0), or check the data for invalid values; resume with "

@@ -74,7 +74,7 @@ def test_model_dataset_pair_trains_or_is_refused_before_training(model, dataset,
     saved = json.loads(open(results["path"]).read())
     assert saved["family"] == family.name and saved["model"] == model and saved["dataset"] == info.name
     assert math.isfinite(saved["test"]["nll_bpd"]) and saved["test"]["nll_kind"] in ("bound", "estimate")
-    assert saved["global_step"] == 2
+    assert 1 <= saved["global_step"] <= 2  # fast_dev_run: two batches (or one epoch of tiny data)
 
 
 def test_incompatible_combinations_name_the_valid_choices(make_cfg):
@@ -83,7 +83,7 @@ def test_incompatible_combinations_name_the_valid_choices(make_cfg):
         run(cfg)
     assert "Models that can: vae." in str(err.value) and "only handles image data" in str(err.value)
 
-    cfg = make_cfg("model.observation._target_=genlab.distributions.Bernoulli")  # digits have 17 levels
+    cfg = make_cfg("model.observation={_target_:genlab.distributions.Bernoulli}")  # digits have 17 levels
     with pytest.raises(IncompatibleConfigError, match="needs binary data"):
         run(cfg)
 

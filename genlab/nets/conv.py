@@ -31,7 +31,7 @@ class ConvEncoder(nn.Module):
         for _ in range(n):
             layers += [nn.Conv2d(ch, ch * 2, 4, stride=2, padding=1), nn.SiLU()]
             ch *= 2
-            h, w = (h + 1) // 2, (w + 1) // 2
+            h, w = h // 2, w // 2  # kernel 4, stride 2, padding 1
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(ch * h * w, out_dim)
 

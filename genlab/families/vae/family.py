@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.data.base import DataInfo
-from genlab.distributions import Categorical, DiscreteObservation
+from genlab.distributions import DiscreteObservation, default_observation
 from genlab.families.base import Family, LossOutput
 from genlab.metrics.likelihood import LogLikelihood
 
@@ -55,7 +55,8 @@ class VAE(Family):
     Args:
         encoder: backbone factory ``encoder(in_dim, out_dim)`` (``_partial_`` in config).
         decoder: backbone factory ``decoder(in_dim, out_dim)``.
-        observation: discrete observation model of ``p(x|z)`` (default: categorical).
+        observation: discrete observation model of ``p(x|z)``; None picks
+            :func:`genlab.distributions.default_observation` for the data's levels at build time.
         latent_dim: size of ``z``.
         val_k, test_k: importance samples for validation / test NLL.
         objective: training objective (``elbo``, ``iwae``).
@@ -76,7 +77,7 @@ class VAE(Family):
     ) -> None:
         super().__init__(objective)
         self.encoder_factory, self.decoder_factory = encoder, decoder
-        self.observation = observation or Categorical()
+        self.observation = observation
         self.latent_dim, self.val_k, self.test_k = latent_dim, val_k, test_k
         self.info: DataInfo | None = None
 
@@ -90,13 +91,14 @@ class VAE(Family):
             kinds = getattr(getattr(factory, "func", factory), "input_kinds", ("image", "text"))
             if info.kind not in kinds:
                 return f"the {role} backbone only handles {'/'.join(kinds)} data, not {info.kind}"
-        return self.observation.check_levels(info.levels)
+        return self.observation.check_levels(info.levels) if self.observation else None
 
     def _in_dim(self, info: DataInfo) -> tuple[int, ...]:
         return (info.shape[0], info.levels) if info.kind == "text" else info.shape
 
     def build(self, info: DataInfo) -> nn.ModuleDict:
         self.info = info
+        self.observation = self.observation or default_observation(info.levels)
         p = self.observation.num_params(info.levels)
         out = (p * info.shape[0], *info.shape[1:]) if info.kind == "image" else (p, *info.shape)
         return nn.ModuleDict(
