@@ -15,9 +15,14 @@ from torch import Tensor
 
 
 class DiscreteObservation:
-    """Interface: ``num_params``, ``log_prob``, ``sample``, ``mean``."""
+    """Interface: ``num_params``, ``log_prob``, ``sample``, ``mean``.
+
+    ``ordinal`` models assume the levels are ordered intensities (images), so they do not fit
+    categorical symbols such as text characters.
+    """
 
     name: str = "base"
+    ordinal: bool = False
 
     def num_params(self, levels: int) -> int:
         raise NotImplementedError
@@ -100,6 +105,7 @@ class DiscretizedLogistic(DiscreteObservation):
     """
 
     name = "logistic"
+    ordinal = True
     min_log_scale = -7.0
 
     def num_params(self, levels: int) -> int:
@@ -135,3 +141,47 @@ def default_observation(levels: int) -> DiscreteObservation:
     if levels == 2:
         return Bernoulli()
     return Categorical() if levels <= 64 else DiscretizedLogistic()
+
+
+class DiscretizedLogisticMixture(DiscreteObservation):
+    """Mixture of ``K`` discretised logistics per dimension (PixelCNN++, Salimans et al. 2017,
+    Eq. 2 without the cross-channel coefficients: channel dependence comes from the AR order).
+
+    ``P = 3K`` parameters per dimension: mixture logits, means, log-scales (in that order).
+    ``P(x) = sum_k pi_k P_logistic(x; mu_k, s_k)``.
+    """
+
+    name = "logistic_mixture"
+    ordinal = True
+
+    def __init__(self, components: int = 5) -> None:
+        self.k = components
+        self._one = DiscretizedLogistic()
+
+    def num_params(self, levels: int) -> int:
+        return 3 * self.k
+
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        logits, mu, log_s = params.float().split(self.k, dim=1)  # each (B, K, D)
+        return logits, torch.stack([mu, log_s], 2)  # (B, K, 2, D)
+
+    def log_prob_per_dim(self, params: Tensor, x: Tensor, levels: int) -> Tensor:
+        logits, comp = self._split(params)
+        b, k, _, d = comp.shape
+        xk = x.unsqueeze(1).expand(b, k, d).reshape(b * k, d)
+        logp = self._one.log_prob_per_dim(comp.reshape(b * k, 2, d), xk, levels).view(b, k, d)
+        return torch.logsumexp(F.log_softmax(logits, 1) + logp, dim=1)
+
+    def sample(self, params: Tensor, levels: int) -> Tensor:
+        logits, comp = self._split(params)
+        b, k, _, d = comp.shape
+        which = torch.multinomial(F.softmax(logits, 1).transpose(1, 2).reshape(-1, k), 1).view(b, 1, 1, d)
+        chosen = comp.gather(1, which.expand(b, 1, 2, d)).squeeze(1)  # (B, 2, D)
+        return self._one.sample(chosen, levels)
+
+
+def check_observation(obs: DiscreteObservation, kind: str, levels: int) -> str | None:
+    """Why ``obs`` cannot model data of this kind/levels, or None."""
+    if obs.ordinal and kind == "text":
+        return f"the {obs.name} output assumes ordered intensities; text characters need a categorical output"
+    return obs.check_levels(levels)

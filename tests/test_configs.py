@@ -56,14 +56,22 @@ def test_every_option_composes_and_instantiates(group, make_cfg, fake_data):
             assert instantiate(node) is not None
 
 
+def model_overrides(name: str) -> list[str]:
+    """Keep each model's smoke run small (e.g. few importance samples)."""
+    return {
+        "vae": ["model.test_k=4"],
+        "vae_conv": ["model.test_k=4"],
+    }.get(name, [])
+
+
 def _pairs():
     return [(m, d) for m in group_options("model") for d in group_options("dataset") if d not in NO_NETWORK]
 
 
 @pytest.mark.parametrize("model,dataset", _pairs())
 def test_model_dataset_pair_trains_or_is_refused_before_training(model, dataset, make_cfg, fake_data, tmp_path):
-    cfg = make_cfg(f"model={model}", f"dataset={dataset}", "trainer=debug", "model.test_k=4", "num_samples=4",
-                   *data_overrides(dataset, fake_data))
+    cfg = make_cfg(f"model={model}", f"dataset={dataset}", "trainer=debug", "num_samples=4",
+                   *model_overrides(model), *data_overrides(dataset, fake_data))
     family, info = build_family(cfg), instantiate(cfg.dataset).info
     if family.check_data(info) is not None:
         with pytest.raises(IncompatibleConfigError, match=f"model={model} cannot be trained on dataset={dataset}"):

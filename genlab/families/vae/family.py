@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.data.base import DataInfo
-from genlab.distributions import DiscreteObservation, default_observation
+from genlab.distributions import DiscreteObservation, check_observation, default_observation
 from genlab.families.base import Family, LossOutput
 from genlab.metrics.likelihood import LogLikelihood
 
@@ -91,7 +91,7 @@ class VAE(Family):
             kinds = getattr(getattr(factory, "func", factory), "input_kinds", ("image", "text"))
             if info.kind not in kinds:
                 return f"the {role} backbone only handles {'/'.join(kinds)} data, not {info.kind}"
-        return self.observation.check_levels(info.levels) if self.observation else None
+        return check_observation(self.observation, info.kind, info.levels) if self.observation else None
 
     def _in_dim(self, info: DataInfo) -> tuple[int, ...]:
         return (info.shape[0], info.levels) if info.kind == "text" else info.shape
