@@ -236,3 +236,34 @@ def images_to_uint8(x, name: str) -> Tensor:
     if t.dtype != torch.uint8:
         raise DataError(f"{name}: expected uint8 pixel values, got dtype {t.dtype}; convert with .astype('uint8')")
     return t.contiguous()
+
+
+def ensure_files(name: str, root: str, files: list, missing: Callable[[], list], download: bool,
+                 fetch: Callable[[], object], kind: str = "files") -> None:
+    """Make sure a dataset's files exist: download them with ``fetch()`` if allowed, else (or if
+    the download fails) raise :class:`DataError` listing the expected files and the fixes.
+
+    Args:
+        name: dataset name for messages; root: the ``dataset.root`` in use.
+        files: every expected path; missing: returns the paths still missing.
+        download: whether ``fetch`` may be called; fetch: the real download (torchvision).
+        kind: what the user should copy there (``"IDX files"``, ``"batch files"``).
+    """
+    if not missing():
+        return
+    listing = "\n  ".join(str(p) for p in files)
+    if not download:
+        raise DataError(
+            f"{name} files missing under dataset.root={root}; expected:\n  {listing}\n"
+            f"Fix: set dataset.download=true, copy the {kind} there, or set dataset.root=..."
+        )
+    try:
+        fetch()
+    except Exception as e:  # network errors arrive as URLError, RuntimeError, OSError, ...
+        raise DataError(
+            f"{name} download into dataset.root={root} failed ({type(e).__name__}: {e}). "
+            f"Expected files:\n  {listing}\nFix: connect to the network, copy the {kind} "
+            "there, or set dataset.root=... to a directory that has them."
+        ) from e
+    if missing():
+        raise DataError(f"{name} download finished but files are still missing; expected:\n  {listing}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlab.data.base import DataError, DataInfo, InMemoryDataModule, TensorSplit, seeded_split
+from genlab.data.base import DataError, DataInfo, InMemoryDataModule, TensorSplit, ensure_files, seeded_split
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
@@ -89,24 +89,11 @@ class CIFAR10DataModule(InMemoryDataModule):
 
     def ensure_files(self) -> None:
         """Download missing files (if allowed), else raise :class:`DataError` with the fixes."""
-        if all(p.exists() for p in self.files()):
-            return
-        listing = "\n  ".join(str(p) for p in self.files())
-        if not self.download:
-            raise DataError(
-                f"CIFAR-10 files missing under dataset.root={self.root}; expected:\n  {listing}\n"
-                "Fix: set dataset.download=true, copy the batch files there, or set dataset.root=..."
-            )
         import torchvision.datasets
 
-        try:
-            torchvision.datasets.CIFAR10(self.root, train=True, download=True)
-        except Exception as e:  # network errors arrive as URLError, RuntimeError, OSError, ...
-            raise DataError(
-                f"CIFAR-10 download into dataset.root={self.root} failed ({type(e).__name__}: {e}). "
-                f"Expected files:\n  {listing}\nFix: connect to the network, copy the batch files "
-                "there, or set dataset.root=... to a directory that has them."
-            ) from e
+        ensure_files("CIFAR-10", self.root, self.files(), lambda: [p for p in self.files() if not p.exists()],
+                     self.download, lambda: torchvision.datasets.CIFAR10(self.root, train=True, download=True),
+                     "batch files")
 
     def load_splits(self) -> dict[str, TensorSplit]:
         self.ensure_files()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlab.data.base import DataError, DataInfo, InMemoryDataModule, TensorSplit, seeded_split
+from genlab.data.base import DataError, DataInfo, InMemoryDataModule, TensorSplit, ensure_files, seeded_split
 
 IDX_UINT8 = 0x08
 MNIST_FILES = {
@@ -109,26 +109,10 @@ class MNISTDataModule(InMemoryDataModule):
 
     def ensure_files(self) -> None:
         """Download missing files (if allowed), else raise :class:`DataError` with the fixes."""
-        if not self._missing():
-            return
-        listing = "\n  ".join(str(p) for p in self.files())
-        if not self.download:
-            raise DataError(
-                f"MNIST files missing under dataset.root={self.root}; expected:\n  {listing}\n"
-                "Fix: set dataset.download=true, copy the IDX files there, or set dataset.root=..."
-            )
         import torchvision.datasets
 
-        try:
-            torchvision.datasets.MNIST(self.root, train=True, download=True)
-        except Exception as e:  # network errors arrive as URLError, RuntimeError, OSError, ...
-            raise DataError(
-                f"MNIST download into dataset.root={self.root} failed ({type(e).__name__}: {e}). "
-                f"Expected files:\n  {listing}\nFix: connect to the network, copy the IDX files "
-                "there, or set dataset.root=... to a directory that has them."
-            ) from e
-        if self._missing():
-            raise DataError(f"MNIST download finished but files are still missing; expected:\n  {listing}")
+        ensure_files("MNIST", self.root, self.files(), self._missing, self.download,
+                     lambda: torchvision.datasets.MNIST(self.root, train=True, download=True), "IDX files")
 
     def _official(self, split: str) -> tuple[Tensor, Tensor]:
         """Images uint8 ``(N, 1, 28, 28)`` and labels int64 ``(N,)`` of an official split."""
