@@ -61,6 +61,7 @@ def model_overrides(name: str) -> list[str]:
     return {
         "vae": ["model.test_k=4"],
         "vae_conv": ["model.test_k=4"],
+        "pixelcnn": ["model.net.channels=8", "model.net.layers=2", "model.net.out_hidden=8"],
         "realnvp": ["model.checkerboard_steps=1", "model.steps_per_scale=1", "model.coupling_net.hidden=8",
                     "model.coupling_net.blocks=1"],
         "glow": ["model.steps_per_scale=2", "model.coupling_net.hidden=8", "model.coupling_net.blocks=1"],
