@@ -13,11 +13,9 @@ results.json. Exit status 1 if the target is missed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-from pathlib import Path
+
+from genlab.bench import budget, print_table, run_training
 
 TARGET_BPD = 1.4
 
@@ -31,25 +29,18 @@ def main() -> int:
                         "jobs, 2+ threads can be 100x slower than 1 (OpenMP threads wait on each other)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     a = p.parse_args()
-    cmd = [sys.executable, "-m", "genlab.train", "experiment=flow_mnist",
-           f"paths.data_dir={a.data_dir}", f"trainer.max_time=00:00:{a.minutes:02d}:00", *a.overrides]
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads > 0 else {})}
-    print("running:", " ".join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    last = out.stdout.strip().splitlines()[-1:] or [""]
-    if out.returncode or not last[0].startswith("results: "):
-        print(out.stdout[-2000:], out.stderr[-4000:], sep="\n")
+    r = run_training(["experiment=flow_mnist", f"paths.data_dir={a.data_dir}",
+                      f"trainer.max_time={budget(a.minutes)}", *a.overrides], a.threads)
+    if r is None:
         return 2
-    r = json.loads(Path(last[0].removeprefix("results: ")).read_text())
     bpd, steps, secs = r["test"]["nll_bpd"], r["global_step"], r["train_seconds"]
     val = r["val"].get("nll_bpd")  # absent when the budget ends before the first epoch
-    print("| model | data | budget | epochs | steps/s | val NLL (bits/dim) | test NLL (bits/dim, bound) | nats/image "
-          "| pass (<= 1.4) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(f"| {r['model']} ({r['params']:,} params) | {r['dataset']} | {a.minutes} min CPU | {r['epochs']} | "
-          f"{steps / secs:.2f} | {'—' if val is None else f'{val:.4f}'} | {bpd:.4f} ({r['test']['nll_kind']}) | "
-          f"{r['test']['nll_nats']:.1f} | {'yes' if bpd <= TARGET_BPD else 'NO'} |")
-    print(f"results: {last[0].removeprefix('results: ')}")
+    print_table(
+        ["model", "data", "budget", "epochs", "steps/s", "val NLL (bits/dim)", "test NLL (bits/dim, bound)",
+         "nats/image", "pass (<= 1.4)"],
+        [f"{r['model']} ({r['params']:,} params)", r["dataset"], f"{a.minutes} min CPU", r["epochs"],
+         f"{steps / secs:.2f}", "—" if val is None else f"{val:.4f}", f"{bpd:.4f} ({r['test']['nll_kind']})",
+         f"{r['test']['nll_nats']:.1f}", "yes" if bpd <= TARGET_BPD else "NO"], r)
     return 0 if bpd <= TARGET_BPD else 1
 
 

@@ -17,19 +17,11 @@ results.json. Exit status 1 if the target is missed, 2 if the run failed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-from pathlib import Path
+
+from genlab.bench import budget, run_training
 
 TARGET_NATS = {"binarized_mnist": 88.0, "mnist": None}
-
-
-def budget(minutes: int) -> str:
-    """``trainer.max_time`` (DD:HH:MM:SS) for a budget in minutes."""
-    hours, mins = divmod(minutes, 60)
-    return f"00:{hours:02d}:{mins:02d}:00"
 
 
 def row(r: dict, minutes: int, target: float | None) -> tuple[str, bool]:
@@ -51,23 +43,17 @@ def main() -> int:
                    help="OMP_NUM_THREADS for the run (1 is far faster when other jobs share the cores)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     a = p.parse_args()
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {})}
-    cmd = [sys.executable, "-m", "genlab.train", f"experiment=pixelcnn_{a.dataset}", f"paths.data_dir={a.data_dir}",
-           "dataset.download=false", f"trainer.max_time={budget(a.minutes)}", *a.overrides]
-    print("running:", " ".join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    last = out.stdout.strip().splitlines()[-1:] or [""]
-    if out.returncode or not last[0].startswith("results: "):
-        print(out.stdout[-2000:], out.stderr[-4000:], sep="\n")
+    r = run_training([f"experiment=pixelcnn_{a.dataset}", f"paths.data_dir={a.data_dir}", "dataset.download=false",
+                      f"trainer.max_time={budget(a.minutes)}", *a.overrides], a.threads)
+    if r is None:
         return 2
-    r = json.loads(Path(last[0].removeprefix("results: ")).read_text())
     target = TARGET_NATS[a.dataset]
     line, ok = row(r, a.minutes, target)
     goal = f"pass (<= {target:g} nats)" if target is not None else "target"
     print(f"| model | data | budget | epochs | steps | val NLL (nats) | test NLL (nats, exact) | bits/dim | {goal} |")
     print("|---|---|---|---|---|---|---|---|---|")
     print(line)
-    print(f"results: {last[0].removeprefix('results: ')}")
+    print(f"results: {r['path']}")
     return 0 if ok else 1
 
 

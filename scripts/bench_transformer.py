@@ -24,18 +24,17 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 import math
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from genlab.bench import budget, run_training
 
 MATCH_TARGET, SPEEDUP_TARGET = 0.02, 5.0
 SNAPSHOT: dict = {}  # filled by the Snapshot callback inside genlab's run
@@ -242,20 +241,15 @@ def bench_cache(a) -> bool:
 
 
 def bench_pydoc(a) -> bool:
-    cmd = [sys.executable, "-m", "genlab.train", "experiment=transformer_text", *data_overrides(a),
-           f"trainer.max_time=00:00:{a.minutes:02d}:00", *a.overrides]
-    print("running:", " ".join(cmd[1:]), flush=True)
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    last = out.stdout.strip().splitlines()[-1:] or [""]
-    if out.returncode or not last[0].startswith("results: "):
-        print(out.stdout[-2000:], out.stderr[-4000:], sep="\n")
+    r = run_training(["experiment=transformer_text", *data_overrides(a), f"trainer.max_time={budget(a.minutes)}",
+                      *a.overrides])
+    if r is None:
         return False
-    r = json.loads(Path(last[0].removeprefix("results: ")).read_text())
     print("| model | data | budget | steps | val bits/char | test bits/char | test nats/char |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {r['model']} ({r['params']:,} params) | {r['dataset']} | {a.minutes} min CPU | {r['global_step']} | "
           f"{r['val']['nll_bpd']:.4f} | {r['test']['nll_bpd']:.4f} | {r['test']['nll_bpd'] * math.log(2):.4f} |")
-    print(f"results: {last[0].removeprefix('results: ')}")
+    print(f"results: {r['path']}")
     return True
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import pickle
-import struct
 import urllib.error
 import urllib.request
 from pathlib import Path

@@ -128,3 +128,14 @@ def test_a_checkpoint_alone_rebuilds_the_run(make_cfg):
     assert ll.kind == "bound" and torch.isfinite(ll.log_px).all()
     x = module.sample(8, seed=0)
     assert x.shape == (8, 1, 8, 8) and x.dtype == torch.uint8
+
+
+def test_benchmark_runner_returns_the_results_of_a_cli_run(tmp_path, monkeypatch):
+    from genlab.bench import budget, run_training
+
+    assert budget(20) == "00:00:20:00" and budget(90) == "00:01:30:00"
+    monkeypatch.setenv("GENLAB_LOG_DIR", str(tmp_path))
+    r = run_training(["trainer=debug", "model.test_k=2", "num_samples=4"], threads=1)
+    assert r is not None and Path(r["path"]).exists() and r["path"].startswith(str(tmp_path))
+    assert r["family"] == "vae" and math.isfinite(r["test"]["nll_bpd"])
+    assert run_training(["model=no_such_model"]) is None
