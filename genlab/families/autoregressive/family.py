@@ -18,6 +18,7 @@ from genlab.data.base import DataInfo
 from genlab.distributions import Categorical, DiscreteObservation, check_observation
 from genlab.families.base import Family, LossOutput
 from genlab.metrics.likelihood import LN2, LogLikelihood
+from genlab.nets import input_kind_error
 from genlab.nets.ar import ARNet
 
 
@@ -47,10 +48,7 @@ class Autoregressive(Family):
         self.info: DataInfo | None = None
 
     def check_data(self, info: DataInfo) -> str | None:
-        kinds = getattr(getattr(self.net_factory, "func", self.net_factory), "input_kinds", ("image", "text"))
-        if info.kind not in kinds:
-            return f"the net only handles {'/'.join(kinds)} data, not {info.kind}"
-        return check_observation(self.objective, info.kind, info.levels)
+        return input_kind_error(self.net_factory, info.kind) or check_observation(self.objective, info.kind, info.levels)
 
     def build(self, info: DataInfo) -> nn.ModuleDict:
         self.info = info

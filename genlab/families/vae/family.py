@@ -28,6 +28,7 @@ from genlab.data.base import DataInfo
 from genlab.distributions import DiscreteObservation, check_observation, default_observation
 from genlab.families.base import Family, LossOutput
 from genlab.metrics.likelihood import LogLikelihood
+from genlab.nets import input_kind_error
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -83,14 +84,14 @@ class VAE(Family):
 
     @property
     def nll_kind(self) -> str:
+        """Kind of the test NLL: the ELBO bound for ``test_k = 1``, else the IW estimate."""
         return "bound" if self.test_k == 1 else "estimate"
 
     # -- setup -----------------------------------------------------------------------
     def check_data(self, info: DataInfo) -> str | None:
         for role, factory in (("encoder", self.encoder_factory), ("decoder", self.decoder_factory)):
-            kinds = getattr(getattr(factory, "func", factory), "input_kinds", ("image", "text"))
-            if info.kind not in kinds:
-                return f"the {role} backbone only handles {'/'.join(kinds)} data, not {info.kind}"
+            if reason := input_kind_error(factory, info.kind, role):
+                return reason
         return check_observation(self.observation, info.kind, info.levels) if self.observation else None
 
     def _in_dim(self, info: DataInfo) -> tuple[int, ...]:
@@ -149,6 +150,10 @@ class VAE(Family):
             out.append(log_px + log_pz - log_q)
         return torch.cat(out)
 
+    def iw_bound(self, nets: nn.ModuleDict, x: Tensor, k: int) -> Tensor:
+        """``log (1/k) sum_i p(x, z_i) / q(z_i|x)``, ``(B,)``: the IWAE bound (ELBO for k = 1)."""
+        return torch.logsumexp(self.log_weights(nets, x, k), 0) - math.log(k)
+
     # -- contract ----------------------------------------------------------------------
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor]) -> LossOutput:
         return self.objective(self, nets, batch["x"])
@@ -158,8 +163,7 @@ class VAE(Family):
         self, nets: nn.ModuleDict, batch: dict[str, Tensor], stage: Literal["val", "test"] = "test"
     ) -> LogLikelihood:
         k = self.val_k if stage == "val" else self.test_k
-        log_w = self.log_weights(nets, batch["x"], k)
-        return LogLikelihood(torch.logsumexp(log_w, 0) - math.log(k), "bound" if k == 1 else "estimate")
+        return LogLikelihood(self.iw_bound(nets, batch["x"], k), "bound" if k == 1 else "estimate")
 
     @torch.no_grad()
     def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:

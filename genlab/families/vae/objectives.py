@@ -6,7 +6,6 @@ between datasets; logs are in bits per dimension.
 
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
@@ -53,8 +52,7 @@ class IWAE(VAEObjective):
         self.k = k
 
     def __call__(self, vae: VAE, nets: nn.ModuleDict, x: Tensor) -> LossOutput:
-        log_w = vae.log_weights(nets, x, self.k)  # (k, B)
-        bound = torch.logsumexp(log_w, 0) - math.log(self.k)
+        bound = vae.iw_bound(nets, x, self.k)  # (B,)
         d = vae.info.dims
         return LossOutput(-bound.mean() / d, {"iwae_bpd": -bound.mean().detach() / (d * LN2)})
 
