@@ -11,11 +11,15 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from genlab.data.base import DataInfo
-from genlab.families.base import Family
+from genlab.families.base import Family, LossOutput
 from genlab.metrics.likelihood import nats_to_bpd
 
 
-class NonFiniteLossError(RuntimeError):
+class TrainingDivergedError(RuntimeError):
+    """Training diverged (raised before the optimizer step, so no weights are harmed)."""
+
+
+class NonFiniteLossError(TrainingDivergedError):
     """The training loss became NaN or infinite (raised before the optimizer step)."""
 
 
@@ -24,7 +28,9 @@ class GenerativeModule(L.LightningModule):
 
     Validation and test compute the family's per-example ``log P(x)`` and log the mean NLL
     as ``{val,test}/nll_nats`` and ``{val,test}/nll_bpd`` (reduced across DDP ranks by
-    torchmetrics). Randomness is re-seeded from ``(seed, global_step, rank)`` at every step,
+    torchmetrics). Families with a :meth:`Family.schedule` (GANs) are trained with manual
+    optimisation: one optimizer step per training step, for the param group the schedule
+    names, so that every group's step sees its own batch. Randomness is re-seeded from ``(seed, global_step, rank)`` at every step,
     so that a run resumed from a checkpoint continues exactly as an uninterrupted one, and
     evaluation from ``(seed, batch_idx)`` so that val/test NLL are repeatable.
 
@@ -53,6 +59,8 @@ class GenerativeModule(L.LightningModule):
         self.seed, self.run_config = seed, run_config
         self.nll = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.nll_kind: dict[str, str] = {}
+        self.group_names = list(family.param_groups(self.nets))
+        self.automatic_optimization = not family.schedule()
 
     # -- training ----------------------------------------------------------------------
     def _reseed(self, offset: int) -> None:
@@ -60,23 +68,51 @@ class GenerativeModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         self._reseed(self.global_step)
-        out = self.family.loss(self.nets, batch)
-        self._check_finite(out.loss, out.logs)
-        self.log("train/loss", out.loss, prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
-        return out.loss
+        if self.automatic_optimization:
+            out = self.family.loss(self.nets, batch)
+            self._check_finite(out.loss, out.logs, out)
+            self.log("train/loss", out.loss, prog_bar=True)
+            self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
+            return out.loss
+        return self._manual_step(batch)
 
-    def _check_finite(self, loss: Tensor, logs: dict[str, Tensor]) -> None:
-        if torch.isfinite(loss.detach()):
+    def _manual_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """One optimizer step for the group that the family's schedule names now."""
+        schedule = self.family.schedule()
+        group = schedule[self.global_step % len(schedule)]
+        i = self.group_names.index(group)
+        opt = _as_list(self.optimizers())[i]
+        self.toggle_optimizer(opt)  # other groups' parameters do not collect gradients
+        out = self.family.loss(self.nets, batch, group=group)
+        self._check_finite(out.loss, out.logs, out)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(out.loss)
+        opt.step()
+        self.untoggle_optimizer(opt)
+        schedulers = _as_list(self.lr_schedulers())
+        if schedulers:
+            schedulers[i].step()
+        self.log(f"train/{group}_loss", out.loss, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
+        return out.loss.detach()
+
+    def _check_finite(self, loss: Tensor, logs: dict[str, Tensor], out: LossOutput | None = None) -> None:
+        reason = None
+        if not torch.isfinite(loss.detach()):
+            reason = f"The training loss is {loss.item()}"
+        elif out is not None:
+            reason = self.family.diverged(out)
+        if reason is None:
             return
+        error = NonFiniteLossError if reason.startswith("The training loss is") else TrainingDivergedError
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items()) or "none"
         ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
-        raise NonFiniteLossError(
-            f"The training loss is {loss.item()} at step {self.global_step} "
+        raise error(
+            f"{reason} at step {self.global_step} "
             f"(family={self.family.name}, terms: {terms}). The weights were not updated with it; "
             f"the last good checkpoint is {ckpt}. Fix: lower optimizer.lr, clip gradients "
-            f"(trainer.gradient_clip_val=1.0), or check the data for invalid values; resume with "
-            f"ckpt_path=<that checkpoint>."
+            f"(trainer.gradient_clip_val=1.0, automatic-optimisation families), or check the data for invalid "
+            f"values; resume with ckpt_path=<that checkpoint>."
         )
 
     def configure_optimizers(self) -> Any:
@@ -85,8 +121,14 @@ class GenerativeModule(L.LightningModule):
         if self.scheduler_factory is None:
             return optimizers
         total = self.trainer.estimated_stepping_batches
+        if not self.automatic_optimization:  # each group steps once per cycle of the schedule
+            schedule = self.family.schedule()
+            total = [max(1, int(total * schedule.count(g) / len(schedule))) for g in groups]
+        else:
+            total = [total] * len(optimizers)
         schedulers = [
-            {"scheduler": self.scheduler_factory(opt, total_steps=total), "interval": "step"} for opt in optimizers
+            {"scheduler": self.scheduler_factory(opt, total_steps=t), "interval": "step"}
+            for opt, t in zip(optimizers, total)
         ]
         return optimizers, schedulers
 
@@ -133,3 +175,9 @@ class GenerativeModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["genlab_config"] = self.run_config
+
+
+def _as_list(x: Any) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]

@@ -19,10 +19,10 @@ from genlab.builders import CONFIG_DIR, build_callbacks_and_loggers, build_famil
 from genlab.callbacks.samples import write_samples
 from genlab.data.base import DataError
 from genlab.families.base import IncompatibleConfigError
-from genlab.module import GenerativeModule, NonFiniteLossError
+from genlab.module import GenerativeModule, TrainingDivergedError
 from genlab.results import build_results, write_results
 
-USER_ERRORS = (DataError, IncompatibleConfigError, NonFiniteLossError)
+USER_ERRORS = (DataError, IncompatibleConfigError, TrainingDivergedError)
 
 
 def _checkpoints(trainer: L.Trainer) -> dict[str, str | None]:
@@ -43,7 +43,8 @@ def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Train
     x = module.sample(cfg.num_samples, seed=cfg.seed)
     timings["samples_per_second"] = cfg.num_samples / (time.perf_counter() - t0)
     path = write_samples(x, module.info, Path(cfg.paths.output_dir) / "samples")
-    return {**val, **(test[0] if test else {})}, str(path)
+    sample_metrics = {f"samples/{k}": v for k, v in dm.sample_metrics(x).items()}
+    return {**val, **(test[0] if test else {}), **sample_metrics}, str(path)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -56,14 +57,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     run_config = OmegaConf.to_container(cfg, resolve=True)
     module = GenerativeModule(family, datamodule.info, instantiate(cfg.optimizer), scheduler, cfg.seed, run_config)
-    callbacks, loggers = build_callbacks_and_loggers(cfg)
+    callbacks, loggers = build_callbacks_and_loggers(cfg, module)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     for logger in loggers:
         logger.log_hyperparams(run_config)
     timings: dict[str, float] = {}
     try:
         metrics, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings)
-    except NonFiniteLossError as err:  # keep a record of the failed run next to its checkpoints
+    except TrainingDivergedError as err:  # keep a record of the failed run next to its checkpoints
         results = build_results(cfg, chosen, module, trainer, {}, timings, None, _checkpoints(trainer), "failed", str(err))
         write_results(results, cfg.paths.output_dir)
         raise

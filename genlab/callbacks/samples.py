@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
+from torchvision.io import ImageReadMode, read_image
 from torchvision.utils import make_grid, save_image
 
 from genlab.data.base import DataInfo
@@ -39,8 +40,25 @@ def write_samples(x: Tensor, info: DataInfo, path: str | Path) -> Path:
         path.write_text(sep.join(info.decode_text(row) for row in x.cpu()), encoding="utf-8")
         return path
     path = path.with_suffix(".png")
+    if info.kind == "points":
+        scatter_png(x.cpu(), info.levels, path)
+        return path
     save_image(image_grid(x.cpu(), info.levels), path)
     return path
+
+
+def scatter_png(x: Tensor, levels: int, path: Path) -> None:
+    """Scatter plot of 2-D points (bin indices ``0..levels-1``) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.scatter(x[:, 0].float(), x[:, 1].float(), s=2, alpha=0.5)
+    ax.set(xlim=(0, levels - 1), ylim=(0, levels - 1), aspect="equal", title=f"{len(x)} samples")
+    fig.savefig(path)
+    plt.close(fig)
 
 
 class SampleGrid(L.Callback):
@@ -68,4 +86,4 @@ class SampleGrid(L.Callback):
             elif isinstance(logger, WandbLogger):
                 logger.log_text("samples", columns=["text"], data=[[path.read_text()[:2000]]], step=trainer.global_step)
             elif isinstance(logger, TensorBoardLogger) and path.suffix == ".png":
-                logger.experiment.add_image("samples", image_grid(x.cpu(), info.levels), trainer.global_step)
+                logger.experiment.add_image("samples", read_image(str(path), ImageReadMode.RGB), trainer.global_step)

@@ -31,7 +31,8 @@ class DataInfo:
 
     Attributes:
         name: dataset name (stable, used in results and tables).
-        kind: ``"image"`` (x has shape ``(C, H, W)``) or ``"text"`` (x has shape ``(T,)``).
+        kind: ``"image"`` (x has shape ``(C, H, W)``), ``"text"`` (x has shape ``(T,)``) or
+            ``"points"`` (x has shape ``(D,)``: discretised coordinates, e.g. 2-D mixtures).
         shape: shape of one example, without the batch dimension.
         levels: number of discrete values per dimension (2 for binary images, 256 for 8-bit,
             17 for sklearn digits, the vocabulary size for text).
@@ -199,6 +200,11 @@ class InMemoryDataModule(L.LightningDataModule):
     @property
     def info(self) -> DataInfo:
         raise NotImplementedError
+
+    def sample_metrics(self, x: Tensor) -> dict[str, float]:
+        """Dataset-specific quality of samples ``x`` (data space), e.g. mode coverage on a
+        2-D mixture; ``{}`` where the dataset defines none. Written to results.json."""
+        return {}
 
     # -- shared -------------------------------------------------------------------------
     @property

@@ -10,7 +10,10 @@ A family is a small object, not a LightningModule. It builds its networks for a 
   the family has no likelihood.
 
 The generic :class:`genlab.module.GenerativeModule` trains any family through this contract.
-Families that need more than one optimizer (GANs) override :meth:`Family.param_groups`.
+Families that need more than one optimizer (GANs) override :meth:`Family.param_groups` and
+:meth:`Family.schedule`: the module then steps one optimizer per training step, cycling
+through the schedule, and calls ``loss(nets, batch, group=<name>)``. Families detect their
+own failure modes (an exploding discriminator or energy) in :meth:`Family.diverged`.
 The training objective is a separate small callable (``objective``, the ``loss`` config
 group) that the family validates in :meth:`Family.check_objective`.
 """
@@ -73,8 +76,22 @@ class Family:
         """Parameters per optimizer; one optimizer (``main``) by default."""
         return {"main": list(nets.parameters())}
 
+    def schedule(self) -> list[str]:
+        """Names of the param groups updated on successive training steps, cycled.
+
+        Empty (the default): one optimizer, ``loss(nets, batch)``, Lightning's automatic
+        optimisation. E.g. a GAN with two critic steps per generator step returns
+        ``["discriminator", "discriminator", "generator"]`` and is called with ``group=``.
+        """
+        return []
+
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor]) -> LossOutput:
         raise NotImplementedError
+
+    def diverged(self, out: LossOutput) -> str | None:
+        """Why training has diverged given this step's loss terms (checked before the
+        update), or None. Non-finite losses are always caught by the module."""
+        return None
 
     def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
         raise NotImplementedError

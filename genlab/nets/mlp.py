@@ -21,7 +21,7 @@ class MLP(nn.Module):
     output is ``(B, out_dim)`` or reshaped to ``(B, *out_dim)``. Accepts images and text.
     """
 
-    input_kinds = ("image", "text")
+    input_kinds = ("image", "text", "points")
 
     def __init__(self, in_dim: Shape, out_dim: Shape, hidden: Sequence[int] = (512, 256), activation: str = "SiLU"):
         super().__init__()
