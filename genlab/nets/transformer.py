@@ -132,7 +132,7 @@ class TransformerLM(ARNet):
         mlp_ratio: hidden width of the MLP as a multiple of ``d_model``.
     """
 
-    input_kinds = ("image", "text")
+    input_kinds = ("image", "text", "points")
 
     def __init__(
         self,

@@ -100,8 +100,8 @@ class Flow(Family):
     # -- setup -----------------------------------------------------------------------------
     def check_data(self, info: DataInfo) -> str | None:
         if info.kind != "image":
-            return (f"a flow models a continuous density of dequantised images (C, H, W); {info.kind} data "
-                    "are discrete tokens with no dequantised image form")
+            return (f"this flow's squeeze/coupling layers need images (C, H, W); {info.kind} data of shape "
+                    f"{tuple(info.shape)} have no such form")
         if self.num_scales < 1:
             return f"model.num_scales={self.num_scales}: a multi-scale flow needs at least 1 scale"
         _, h, w = info.shape

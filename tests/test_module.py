@@ -1,0 +1,78 @@
+"""The generic module's contract with families: manual optimisation schedules, divergence checks."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from genlab.data.toy import ToyDataModule
+from genlab.families.base import Family, LossOutput
+from genlab.module import GenerativeModule, TrainingDivergedError
+
+
+class TwoGroups(Family):
+    """Two scalar parameters pulled towards the batch mean by separate optimizers."""
+
+    name = "two_groups"
+
+    def __init__(self, schedule: list[str], diverge_at: int | None = None) -> None:
+        super().__init__()
+        self._schedule, self.diverge_at, self.calls = schedule, diverge_at, []
+
+    def build(self, info):
+        return nn.ModuleDict({"a": nn.Linear(1, 1, bias=False), "b": nn.Linear(1, 1, bias=False)})
+
+    def param_groups(self, nets):
+        return {"a": list(nets["a"].parameters()), "b": list(nets["b"].parameters())}
+
+    def schedule(self):
+        return self._schedule
+
+    def loss(self, nets, batch, group=None):
+        self.calls.append(group)
+        target = batch["x"].float().mean()
+        w = nets[group].weight.sum()
+        # the other group's parameter also enters the loss: it must not move in this step
+        other = nets["b" if group == "a" else "a"].weight.sum()
+        return LossOutput((w - target) ** 2 + 0.1 * other**2, {"w": w.detach()})
+
+    def diverged(self, out):
+        return "w exploded" if self.diverge_at is not None and len(self.calls) > self.diverge_at else None
+
+
+def _fit(family, steps, tmp_path, optimizer=torch.optim.SGD):
+    dm = ToyDataModule(batch_size=16, seed=0)
+    module = GenerativeModule(family, dm.info, functools.partial(optimizer, lr=0.1))
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path)
+    return module, trainer, dm
+
+
+def test_schedule_steps_one_optimizer_per_training_step_in_order(tmp_path):
+    family = TwoGroups(["a", "a", "b"])
+    module, trainer, dm = _fit(family, 9, tmp_path, torch.optim.Adam)
+    assert not module.automatic_optimization
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 9 and family.calls == ["a", "a", "b"] * 3
+    steps = [int(next(iter(opt.state.values()))["step"]) for opt in trainer.optimizers]
+    assert steps == [6, 3]  # Adam's own step counters: a stepped twice per b step
+
+
+def test_a_groups_step_leaves_the_other_groups_parameters_unchanged(tmp_path):
+    family = TwoGroups(["a"])  # b never steps even though it is in every loss
+    module, trainer, dm = _fit(family, 4, tmp_path)
+    b0, a0 = module.nets["b"].weight.item(), module.nets["a"].weight.item()
+    trainer.fit(module, datamodule=dm)
+    assert module.nets["b"].weight.item() == b0 and module.nets["a"].weight.item() != a0
+
+
+def test_a_family_reported_divergence_stops_before_the_update(tmp_path):
+    family = TwoGroups(["a", "b"], diverge_at=3)
+    module, trainer, dm = _fit(family, 10, tmp_path)
+    with pytest.raises(TrainingDivergedError, match=r"w exploded at step 3 \(family=two_groups") as err:
+        trainer.fit(module, datamodule=dm)
+    assert "none saved yet" in str(err.value) and trainer.global_step == 3
