@@ -1,0 +1,98 @@
+"""``genlab-eval``: sample quality of a trained run, in the features of an in-domain classifier.
+
+    genlab-eval <run dir | checkpoint.ckpt> [--n 1000] [--samples file.pt] [--seed 0]
+
+Draws ``--n`` samples from the run's checkpoint (or reads a saved uint8 tensor with
+``--samples``), scores them with the dataset's cached feature classifier (trained once on the
+train split; see :mod:`genlab.metrics.quality`) and prints them next to the floor: the same
+metrics for held-out real images. Writes ``quality.json`` in the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genlab.builders import load_run
+from genlab.metrics.quality import get_classifier, quality_metrics, real_floor, reference_set
+
+COLUMNS = ("fd", "kid", "precision", "recall", "density", "coverage", "confident_share")
+
+
+def find_checkpoint(source: str | Path) -> tuple[Path, Path]:
+    """``(checkpoint, run dir)`` for a run directory (its results.json) or a checkpoint path."""
+    source = Path(source)
+    if source.suffix == ".ckpt":
+        if not source.exists():
+            raise FileNotFoundError(f"checkpoint {source} does not exist")
+        return source, source.parent.parent
+    results = source / "results.json"
+    if not results.exists():
+        raise FileNotFoundError(f"{source} has no results.json: pass a run directory or a .ckpt file")
+    ckpt = json.loads(results.read_text()).get("checkpoint")
+    if not ckpt or not Path(ckpt).exists():
+        raise FileNotFoundError(f"the run in {source} kept no checkpoint (callbacks=none?); nothing to sample from")
+    return Path(ckpt), source
+
+
+def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = None, seed: int = 0,
+             cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Quality metrics of a run's samples and the real-data floor (see module docstring)."""
+    ckpt, run_dir = find_checkpoint(source)
+    module, dm = load_run(str(ckpt))
+    cache = Path(cache_dir) if cache_dir else Path(module.run_config["paths"]["data_dir"]) / "genlab_classifiers"
+    clf, meta = get_classifier(dm, cache)
+    t0 = time.perf_counter()
+    if samples is not None:
+        x = torch.load(samples, map_location="cpu")[:n]
+    else:
+        x = torch.cat([module.sample(min(250, n - i), seed=seed + i) for i in range(0, n, 250)])
+    seconds = time.perf_counter() - t0
+    ref = reference_set(dm, n)
+    out = {
+        "run": str(run_dir), "checkpoint": str(ckpt), "family": module.family.name, "n": len(x),
+        "sample_seconds_per_1000": None if samples is not None else 1000 * seconds / len(x),
+        "classifier": {"test_accuracy": meta["test_accuracy"], "path": meta.get("path")},
+        "samples": quality_metrics(clf, ref, x.to(ref.dtype)),
+        "floor": real_floor(clf, dm, n),
+    }
+    (run_dir / "quality.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def table(out: dict[str, Any]) -> str:
+    """Markdown table: the samples' metrics and the real-data floor."""
+    head = "| set | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS)
+    rows = [f"| {name} | " + " | ".join(f"{out[key][c]:.4g}" for c in COLUMNS) + " |"
+            for name, key in (("samples", "samples"), ("real test (floor)", "floor"))]
+    hist = ", ".join(f"{v:.2f}" for v in out["samples"]["class_hist"])
+    return "\n".join([head, *rows, f"\nclass histogram of samples: [{hist}]"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="genlab-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="a run directory (holding results.json) or a checkpoint .ckpt")
+    p.add_argument("--n", type=int, default=1000, help="number of samples (and of real reference images)")
+    p.add_argument("--samples", help="score this saved uint8 tensor (.pt) instead of sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="where feature classifiers are cached (default <data_dir>/genlab_classifiers)")
+    a = p.parse_args(argv)
+    try:
+        out = evaluate(a.source, a.n, a.samples, a.seed, a.cache_dir)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(table(out))
+    print(f"quality: {Path(out['run']) / 'quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
