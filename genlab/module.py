@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,6 +60,8 @@ class GenerativeModule(L.LightningModule):
         self.seed, self.run_config = seed, run_config
         self.nll = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.nll_kind: dict[str, str] = {}
+        self.history: list[dict[str, float]] = []  # per validation epoch: step, seconds, nll_bpd
+        self._clock: float | None = None  # time.perf_counter() at fit start, minus time trained before a resume
         self.group_names = list(family.param_groups(self.nets))
         self.automatic_optimization = not family.schedule()
 
@@ -142,12 +145,25 @@ class GenerativeModule(L.LightningModule):
         self.nll_kind[stage] = ll.kind
 
     def _eval_epoch_end(self, stage: str) -> None:
+        if stage == "val" and not self.trainer.sanity_checking:
+            self.history.append({"epoch": self.current_epoch, "step": self.global_step, "seconds": self.elapsed()})
         if stage not in self.nll_kind:
             return
         nats = self.nll[stage].compute()
         self.nll[stage].reset()
+        bpd = nats_to_bpd(nats, self.info.dims).float()
         self.log(f"{stage}/nll_nats", nats.float(), sync_dist=False)
-        self.log(f"{stage}/nll_bpd", nats_to_bpd(nats, self.info.dims).float(), prog_bar=True, sync_dist=False)
+        self.log(f"{stage}/nll_bpd", bpd, prog_bar=True, sync_dist=False)
+        if stage == "val" and not self.trainer.sanity_checking:
+            self.history[-1]["nll_bpd"] = bpd.item()
+
+    def on_fit_start(self) -> None:
+        done = self.history[-1]["seconds"] if self.history else 0.0
+        self._clock = time.perf_counter() - done
+
+    def elapsed(self) -> float:
+        """Seconds of training so far (across resumes; evaluation included)."""
+        return 0.0 if self._clock is None else time.perf_counter() - self._clock
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch, batch_idx)
@@ -175,6 +191,10 @@ class GenerativeModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["genlab_config"] = self.run_config
+        checkpoint["genlab_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("genlab_history", []))
 
 
 def _as_list(x: Any) -> list:

@@ -58,6 +58,7 @@ def build_results(
                 "best_nll_bpd": float(best) if best is not None else None},
         "test": _nll(metrics, "test", module.nll_kind.get("test"), info.unit),
         "samples": samples,
+        "history": module.history,
         "sample_metrics": {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("samples/")},
         "checkpoint": checkpoints.get("best") or checkpoints.get("last"),
         "checkpoints": checkpoints,

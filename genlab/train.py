@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +31,7 @@ def _checkpoints(trainer: L.Trainer) -> dict[str, str | None]:
     return {"best": getattr(cb, "best_model_path", None) or None, "last": getattr(cb, "last_model_path", None) or None}
 
 
-def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Trainer, dm: Any, timings: dict) -> tuple[dict, str]:
+def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Trainer, dm: Any, timings: dict) -> tuple[dict, str | None]:
     """Fit, test the best checkpoint, write samples; returns (last val + test metrics, samples path)."""
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
@@ -39,12 +40,16 @@ def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Train
     t0 = time.perf_counter()
     test = trainer.test(module, datamodule=dm, ckpt_path=_checkpoints(trainer)["best"], verbose=False)
     timings["test_seconds"] = time.perf_counter() - t0
+    metrics = {**val, **(test[0] if test else {})}
+    if not trainer.is_global_zero:  # DDP: rank 0 samples and writes the results
+        return metrics, None
     t0 = time.perf_counter()
     x = module.sample(cfg.num_samples, seed=cfg.seed)
     timings["samples_per_second"] = cfg.num_samples / (time.perf_counter() - t0)
     path = write_samples(x, module.info, Path(cfg.paths.output_dir) / "samples")
+    torch.save(x.cpu(), path.with_suffix(".pt"))  # the raw samples, for genlab-eval --samples
     sample_metrics = {f"samples/{k}": v for k, v in dm.sample_metrics(x).items()}
-    return {**val, **(test[0] if test else {}), **sample_metrics}, str(path)
+    return {**metrics, **sample_metrics}, str(path)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -66,10 +71,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings)
     except TrainingDivergedError as err:  # keep a record of the failed run next to its checkpoints
         results = build_results(cfg, chosen, module, trainer, {}, timings, None, _checkpoints(trainer), "failed", str(err))
-        write_results(results, cfg.paths.output_dir)
+        if trainer.is_global_zero:
+            write_results(results, cfg.paths.output_dir)
         raise
     results = build_results(cfg, chosen, module, trainer, metrics, timings, samples, _checkpoints(trainer))
-    results["path"] = str(write_results(results, cfg.paths.output_dir))
+    if trainer.is_global_zero:
+        results["path"] = str(write_results(results, cfg.paths.output_dir))
     return results
 
 
@@ -85,13 +92,16 @@ def report(results: dict[str, Any]) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Entry point; returns the test NLL (bits/dim) for Hydra sweepers."""
+    """Entry point; returns the best validation NLL (bits/dim) for Hydra sweepers (tuning on
+    the test set would leak it into the choice of hyperparameters)."""
     try:
         results = run(cfg)
     except USER_ERRORS as err:
         sys.exit(f"\nerror: {err}")
+    if "path" not in results:  # DDP ranks other than 0 write nothing
+        return None
     print(report(results), flush=True)
-    return results["test"].get("nll_bpd")
+    return results["val"].get("best_nll_bpd") or results["val"].get("nll_bpd")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,8 @@ class IndexBatchSampler:
 
     Shuffling uses a generator seeded by ``(seed, epoch)``; ``set_epoch`` is called by
     Lightning at the start of every epoch. Under DDP each rank takes every ``world_size``-th
-    batch. ``num_samples`` draws that many items per epoch (default: all of them).
+    batch, so ``world_size`` ranks with batch size ``B`` see exactly the examples that one
+    process with batch size ``world_size * B`` sees in each step. ``num_samples`` draws that many items per epoch (default: all of them).
     """
 
     def __init__(
@@ -114,8 +115,9 @@ class IndexBatchSampler:
         if self.drop_last and len(batches) > 1 and len(batches[-1]) < self.batch_size:
             batches.pop()
         rank, world = self._rank()
-        if world > 1:  # equal number of batches per rank, so collectives stay in step
+        if world > 1 and self.drop_last:  # training: equal batches per rank, so gradient all-reduces stay in step
             batches = batches[: len(batches) - len(batches) % world] or batches[:world]
+        if world > 1:  # evaluation keeps every example (metrics are reduced once, at the end)
             batches = batches[rank::world]
         return batches
 
