@@ -89,8 +89,31 @@ def build_callbacks_and_loggers(cfg: DictConfig, module: Any = None) -> tuple[li
         for cb in callbacks:
             if isinstance(cb, ModelCheckpoint) and str(cb.monitor).startswith("val/nll"):
                 cb.monitor = None
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    loggers = []
+    for lg in (cfg.get("logger") or {}).values():
+        if lg is not None:
+            extra = wandb_identity(cfg, lg, module) if str(lg.get("_target_", "")).endswith("WandbLogger") else {}
+            loggers.append(instantiate(lg, **extra))
     return callbacks, loggers
+
+
+def sweep_group() -> str | None:
+    """The name shared by the runs of one Hydra multirun (its sweep directory), else None."""
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if str(hc.mode) != "RunMode.MULTIRUN":
+        return None
+    return "_".join(Path(str(hc.sweep.dir)).parts[-3:])
+
+
+def wandb_identity(cfg: DictConfig, lg: DictConfig, module: Any) -> dict[str, Any]:
+    """W&B group (the sweep, unless set) and tags (family, model, dataset, plus configured ones)."""
+    chosen = choices(cfg)
+    tags = list(lg.get("tags") or [])
+    tags += [t for t in (getattr(getattr(module, "family", None), "name", None), chosen.get("model"),
+                         chosen.get("dataset")) if t and t != "?" and t not in tags]
+    return {"group": lg.get("group") or sweep_group(), "tags": tags}
 
 
 def load_run(ckpt_path: str, map_location: str = "cpu") -> tuple[Any, Any]:

@@ -109,7 +109,7 @@ class GenerativeModule(L.LightningModule):
             return
         error = NonFiniteLossError if reason.startswith("The training loss is") else TrainingDivergedError
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items()) or "none"
-        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "none saved yet"
+        ckpt = checkpoint_paths(self.trainer)["last"] or "none saved yet"
         raise error(
             f"{reason} at step {self.global_step} "
             f"(family={self.family.name}, terms: {terms}). The weights were not updated with it; "
@@ -201,3 +201,19 @@ def _as_list(x: Any) -> list:
     if x is None:
         return []
     return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def checkpoint_paths(trainer: L.Trainer) -> dict[str, str | None]:
+    """``{"best": ..., "last": ...}`` checkpoint paths of a run (None where not saved).
+
+    ``last`` is the unmonitored checkpoint callback named ``last`` (configs/callbacks/default.yaml),
+    else Lightning's ``save_last`` file; ``best`` the first other checkpoint callback's best.
+    """
+    best = last = None
+    for cb in trainer.checkpoint_callbacks:
+        if cb.filename == "last":
+            last = last or cb.best_model_path or None
+        else:
+            best = best or cb.best_model_path or None
+            last = last or getattr(cb, "last_model_path", None) or None
+    return {"best": best, "last": last}

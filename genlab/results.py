@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from genlab.builders import sweep_group
 from genlab.module import GenerativeModule
 
 
@@ -39,6 +40,7 @@ def build_results(
     """Collect the run's identity, metrics (``{val,test}/nll_*``), timings and paths into one dict."""
     info = module.info
     best = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb") or {}
     return {
         "status": status,
         "error": error,
@@ -47,6 +49,8 @@ def build_results(
         "loss": chosen.get("loss"),
         "dataset": info.name,
         "seed": cfg.get("seed"),
+        "sweep_group": sweep_group(),
+        "wandb_group": (wandb_cfg.get("group") or sweep_group()) if wandb_cfg else None,
         "params": sum(p.numel() for p in module.nets.parameters()),
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,

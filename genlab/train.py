@@ -20,25 +20,23 @@ from genlab.builders import CONFIG_DIR, build_callbacks_and_loggers, build_famil
 from genlab.callbacks.samples import write_samples
 from genlab.data.base import DataError
 from genlab.families.base import IncompatibleConfigError
-from genlab.module import GenerativeModule, TrainingDivergedError
+from genlab.module import GenerativeModule, TrainingDivergedError, checkpoint_paths
 from genlab.results import build_results, write_results
 
 USER_ERRORS = (DataError, IncompatibleConfigError, TrainingDivergedError)
 
 
-def _checkpoints(trainer: L.Trainer) -> dict[str, str | None]:
-    cb = trainer.checkpoint_callback
-    return {"best": getattr(cb, "best_model_path", None) or None, "last": getattr(cb, "last_model_path", None) or None}
-
-
-def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Trainer, dm: Any, timings: dict) -> tuple[dict, str | None]:
-    """Fit, test the best checkpoint, write samples; returns (last val + test metrics, samples path)."""
+def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Trainer, dm: Any, timings: dict,
+                     ckpts: dict) -> tuple[dict, str | None]:
+    """Fit, test the best checkpoint, write samples; returns (last val + test metrics, samples path).
+    ``ckpts`` receives the checkpoint paths as they are after fitting."""
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     timings["train_seconds"] = time.perf_counter() - t0
+    ckpts.update(checkpoint_paths(trainer))
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     t0 = time.perf_counter()
-    test = trainer.test(module, datamodule=dm, ckpt_path=_checkpoints(trainer)["best"], verbose=False)
+    test = trainer.test(module, datamodule=dm, ckpt_path=ckpts["best"], verbose=False)
     timings["test_seconds"] = time.perf_counter() - t0
     metrics = {**val, **(test[0] if test else {})}
     if not trainer.is_global_zero:  # DDP: rank 0 samples and writes the results
@@ -67,14 +65,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(run_config)
     timings: dict[str, float] = {}
+    ckpts: dict[str, str | None] = {}
     try:
-        metrics, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings)
+        metrics, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings, ckpts)
     except TrainingDivergedError as err:  # keep a record of the failed run next to its checkpoints
-        results = build_results(cfg, chosen, module, trainer, {}, timings, None, _checkpoints(trainer), "failed", str(err))
+        results = build_results(cfg, chosen, module, trainer, {}, timings, None, checkpoint_paths(trainer), "failed", str(err))
         if trainer.is_global_zero:
             write_results(results, cfg.paths.output_dir)
         raise
-    results = build_results(cfg, chosen, module, trainer, metrics, timings, samples, _checkpoints(trainer))
+    results = build_results(cfg, chosen, module, trainer, metrics, timings, samples, ckpts)
     if trainer.is_global_zero:
         results["path"] = str(write_results(results, cfg.paths.output_dir))
     return results

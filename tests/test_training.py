@@ -139,3 +139,9 @@ def test_benchmark_runner_returns_the_results_of_a_cli_run(tmp_path, monkeypatch
     assert r is not None and Path(r["path"]).exists() and r["path"].startswith(str(tmp_path))
     assert r["family"] == "vae" and math.isfinite(r["test"]["nll_bpd"])
     assert run_training(["model=no_such_model"]) is None
+
+
+def test_last_checkpoint_is_the_latest_state_even_when_validation_stops_improving(make_cfg):
+    results = run(make_cfg("optimizer.lr=0.0", "trainer.max_epochs=3", "model.test_k=2"))  # NLL never improves
+    best, last = _weights(results["checkpoints"]["best"]), _weights(results["checkpoints"]["last"])
+    assert best["global_step"] == 11 and last["global_step"] == 33
