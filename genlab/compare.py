@@ -45,7 +45,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"no results.json under {sweep_dir}: pass the directory of a finished sweep "
                                 "(e.g. logs/sweeps/compare/<date>/<time>)")
     order = {f: i for i, f in enumerate(FAMILY_ORDER)}
-    return sorted(runs, key=lambda r: (order.get(r["family"], len(order)), r.get("model") or ""))
+    return sorted(runs, key=lambda r: (order.get(r.get("family"), len(order)), r.get("model") or ""))
 
 
 def add_quality(runs: list[dict[str, Any]], n: int, cache_dir: str | None = None,
@@ -59,7 +59,7 @@ def add_quality(runs: list[dict[str, Any]], n: int, cache_dir: str | None = None
         qpath = Path(r["run_dir"]) / "quality.json"
         if qpath.exists() and json.loads(qpath.read_text()).get("n") == n:
             q = json.loads(qpath.read_text())
-        elif r["status"] == "finished" and r.get("checkpoint"):
+        elif r.get("status") == "finished" and r.get("checkpoint"):
             try:
                 q = evaluate(r["run_dir"], n=n, cache_dir=cache_dir)
             except ValueError as err:  # data without labelled images: no classifier features
@@ -88,7 +88,7 @@ def row(r: dict[str, Any]) -> dict[str, Any]:
     if q.get("sample_seconds_per_1000"):
         samples_per_s = 1000 / q["sample_seconds_per_1000"]
     return {
-        "family": r["family"] + ("" if r["status"] == "finished" else f" ({r['status']})"),
+        "family": str(r.get("family")) + ("" if r.get("status") == "finished" else f" ({r.get('status')})"),
         "model": r.get("model"), "loss": r.get("loss"), "params": r.get("params"),
         "nll_bpd": t.get("nll_bpd") if has_nll else None, "nll_kind": t.get("nll_kind", "none"),
         "fd": q.get("fd"), "kid": q.get("kid"), "precision": q.get("precision"), "recall": q.get("recall"),

@@ -16,7 +16,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.builders import CONFIG_DIR, build_callbacks_and_loggers, build_family, check_compatible, choices
+from genlab.builders import (CONFIG_DIR, build_callbacks_and_loggers, build_family, check_compatible, choices,
+                             sweep_group)
 from genlab.callbacks.samples import write_samples
 from genlab.data.base import DataError
 from genlab.families.base import IncompatibleConfigError
@@ -89,6 +90,22 @@ def report(results: dict[str, Any]) -> str:
     return f"{nll}\nsamples: {results['samples']}\ncheckpoint: {results['checkpoint']}\nresults: {results['path']}"
 
 
+def _record_refusal(cfg: DictConfig, err: Exception) -> None:
+    """results.json for a run refused before training (a diverged run has already written its own)."""
+    out = Path(cfg.paths.output_dir) / "results.json"
+    if out.exists():
+        return
+    chosen = choices(cfg)
+    try:
+        family = build_family(cfg).name
+    except Exception:  # the model config itself is broken: name the option
+        family = chosen.get("model")
+    write_results({"status": "refused", "error": str(err), "family": family, "model": chosen.get("model"),
+                   "loss": chosen.get("loss"), "dataset": chosen.get("dataset"), "seed": cfg.get("seed"),
+                   "sweep_group": sweep_group(), "test": {"nll_kind": "none"}, "val": {}},
+                  cfg.paths.output_dir)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the best validation NLL (bits/dim) for Hydra sweepers (tuning on
@@ -96,7 +113,12 @@ def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
     except USER_ERRORS as err:
-        sys.exit(f"\nerror: {err}")
+        if sweep_group() is None:
+            sys.exit(f"\nerror: {err}")
+        # in a sweep, one refused or diverged run must not stop the others
+        print(f"\nerror: {err}", file=sys.stderr, flush=True)
+        _record_refusal(cfg, err)
+        return None
     if "path" not in results:  # DDP ranks other than 0 write nothing
         return None
     print(report(results), flush=True)

@@ -78,3 +78,15 @@ def test_wandb_offline_run_holds_the_table_and_plots(sweep, tmp_path, monkeypatc
 def test_no_results_is_a_clear_error(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     assert "no results.json" in capsys.readouterr().err
+
+
+def test_a_refused_run_does_not_stop_the_sweep_and_is_listed(tmp_path):
+    cmd = [sys.executable, "-m", "genlab.train", "experiment=compare_families", "+family=autoregressive,flow",
+           "dataset=mixture2d", f"paths.log_dir={tmp_path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0 and out.stderr.count("error: model=") == 2
+    (sweep_dir,) = (tmp_path / "sweeps" / "compare").iterdir()
+    compare(sweep_dir, quality_n=None)
+    rows = list(csv.DictReader(open(sweep_dir / "comparison.csv")))
+    assert [(r["family"], r["model"]) for r in rows] == [("autoregressive (refused)", "pixelcnn"), ("flow (refused)", "glow")]
+    assert all(r["nll_bpd"] == "" for r in rows)

@@ -69,6 +69,12 @@ def model_overrides(name: str) -> list[str]:
                 "model.sampler.sample_steps=2"],
         "ebm_mlp": ["model.energy_net.hidden=[16,16]", "model.buffer_size=64", "model.sampler.train_steps=2",
                     "model.sampler.sample_steps=2"],
+        "flow_matching": ["model.net.channels=8", "model.net.num_res_blocks=1", "model.solver.steps=2",
+                          "model.val_likelihood.solver.steps=2", "model.test_likelihood.solver.method=euler",
+                          "model.test_likelihood.solver.steps=2"],
+        "flow_matching_mlp": ["model.net.hidden=16", "model.net.layers=1", "model.solver.steps=2",
+                              "model.val_likelihood.solver.steps=2", "model.test_likelihood.solver.method=euler",
+                              "model.test_likelihood.solver.steps=2"],
         "transformer": ["model.net.d_model=16", "model.net.n_layers=1", "model.net.n_heads=2",
                         "dataset.batch_size=8"],
     }.get(name, [])

@@ -76,3 +76,14 @@ def test_a_family_reported_divergence_stops_before_the_update(tmp_path):
     with pytest.raises(TrainingDivergedError, match=r"w exploded at step 3 \(family=two_groups") as err:
         trainer.fit(module, datamodule=dm)
     assert "none saved yet" in str(err.value) and trainer.global_step == 3
+
+
+def test_ema_decay_warms_up_then_stays_at_its_setting():
+    from genlab.callbacks.ema import warm_ema
+
+    avg = torch.zeros(1)
+    for n in range(3):  # decays 0.1, 2/11, 3/12: early updates move the average a lot
+        avg = warm_ema(avg, torch.ones(1), torch.tensor(n), decay=0.999)
+    assert avg.item() == pytest.approx(1 - 0.1 * (2 / 11) * (3 / 12))
+    late = warm_ema(torch.zeros(1), torch.ones(1), torch.tensor(10**6), decay=0.999)
+    assert late.item() == pytest.approx(0.001)

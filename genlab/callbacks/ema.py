@@ -1,0 +1,56 @@
+"""EMA of the weights for validation, test, sampling and checkpoints (Lightning's callback, fixed).
+
+Use it from a model config::
+
+    callbacks:
+      ema:
+        _target_: genlab.callbacks.ema.EMAWeightAveraging
+        decay: 0.999
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging as _LightningEMA
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+
+
+def warm_ema(averaged: Tensor, current: Tensor, num_averaged: Tensor, decay: float) -> Tensor:
+    """One EMA update with the decay warmed up as ``min(decay, (1 + n) / (10 + n))`` after ``n``
+    updates, so that short runs are not dominated by their first, untrained weights (with a
+    fixed 0.999, 14% of the average after 2,000 steps would still be the first steps' weights)."""
+    n = float(num_averaged)
+    d = min(decay, (1.0 + n) / (10.0 + n))
+    return torch.lerp(averaged, current, 1.0 - d)
+
+
+class EMAWeightAveraging(_LightningEMA):
+    """Lightning's :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` (EMA weights for
+    validation, in the checkpoint's ``state_dict`` and in the model after training) with two fixes.
+
+    * Lightning 2.6 restores ``checkpoint["current_model_state"]`` (the raw, non-averaged weights)
+      whenever it has an average model, also in ``trainer.test(ckpt_path="best")`` after ``fit``:
+      the test NLL and the final samples would come from the raw weights while validation and
+      :func:`genlab.builders.load_run` use the EMA ones. Here that restore happens only while
+      fitting (a resume); otherwise the checkpoint's ``state_dict`` (the EMA weights) stays.
+    * ``warmup``: the decay ramps up as in :func:`warm_ema`.
+
+    Args:
+        decay: the EMA decay once warmed up.
+        warmup: ramp the decay up from 0.1 (see :func:`warm_ema`).
+        **kwargs: Lightning's ``EMAWeightAveraging`` arguments (``update_every_n_steps``, ...).
+    """
+
+    def __init__(self, decay: float = 0.999, warmup: bool = True, **kwargs: Any) -> None:
+        super().__init__(decay=decay, **kwargs)
+        if warmup:
+            self._kwargs["avg_fn"] = partial(warm_ema, decay=decay)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
