@@ -107,15 +107,14 @@ class GenerativeModule(L.LightningModule):
             reason = self.family.diverged(out)
         if reason is None:
             return
-        error = NonFiniteLossError if reason.startswith("The training loss is") else TrainingDivergedError
+        nonfinite = reason.startswith("The training loss is")
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items()) or "none"
         ckpt = checkpoint_paths(self.trainer)["last"] or "none saved yet"
-        raise error(
-            f"{reason} at step {self.global_step} "
-            f"(family={self.family.name}, terms: {terms}). The weights were not updated with it; "
-            f"the last good checkpoint is {ckpt}. Fix: lower optimizer.lr, clip gradients "
-            f"(trainer.gradient_clip_val=1.0, automatic-optimisation families), or check the data for invalid "
-            f"values; resume with ckpt_path=<that checkpoint>."
+        fix = ("Fix: lower optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0, automatic-optimisation "
+               "families), or check the data for invalid values; then " if nonfinite else "After the fix above, ")
+        raise (NonFiniteLossError if nonfinite else TrainingDivergedError)(
+            f"{reason} at step {self.global_step} (family={self.family.name}, terms: {terms}). The weights were "
+            f"not updated with it; the last good checkpoint is {ckpt}. {fix}resume with ckpt_path=<that checkpoint>."
         )
 
     def configure_optimizers(self) -> Any:

@@ -65,6 +65,8 @@ def model_overrides(name: str) -> list[str]:
         "realnvp": ["model.checkerboard_steps=1", "model.steps_per_scale=1", "model.coupling_net.hidden=8",
                     "model.coupling_net.blocks=1"],
         "glow": ["model.steps_per_scale=2", "model.coupling_net.hidden=8", "model.coupling_net.blocks=1"],
+        "dcgan": ["model.generator.channels=4", "model.discriminator.channels=4"],
+        "gan_mlp": ["model.generator.hidden=[8]", "model.discriminator.hidden=[8]", "callbacks.sample_metrics.n=16"],
         "ebm": ["model.energy_net.channels=8", "model.buffer_size=64", "model.sampler.train_steps=2",
                 "model.sampler.sample_steps=2"],
         "ebm_mlp": ["model.energy_net.hidden=[16,16]", "model.buffer_size=64", "model.sampler.train_steps=2",

@@ -72,8 +72,9 @@ class Family:
         """Networks sized for the data; ``nets`` in every other method."""
         raise NotImplementedError
 
-    def param_groups(self, nets: nn.ModuleDict) -> dict[str, list[nn.Parameter]]:
-        """Parameters per optimizer; one optimizer (``main``) by default."""
+    def param_groups(self, nets: nn.ModuleDict) -> dict[str, list[nn.Parameter] | list[dict[str, Any]]]:
+        """Parameters per optimizer (what a torch optimizer takes: parameters, or param-group dicts
+        with their own ``lr``/``betas``); one optimizer (``main``) by default."""
         return {"main": list(nets.parameters())}
 
     def schedule(self) -> list[str]:
@@ -90,7 +91,7 @@ class Family:
 
     def diverged(self, out: LossOutput) -> str | None:
         """Why training has diverged given this step's loss terms (checked before the
-        update), or None. Non-finite losses are always caught by the module."""
+        update), with the fix, or None. Non-finite losses are always caught by the module."""
         return None
 
     def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:

@@ -1,0 +1,215 @@
+"""Generative adversarial networks (Goodfellow et al. 2014), trained through the generic module.
+
+Two players: a generator ``G: z -> y`` with ``z ~ N(0, I)`` and ``y = tanh(G_net(z)) in (-1, 1)^D``,
+and a discriminator / critic ``D: y -> R``. The objective (the ``loss`` group,
+:mod:`genlab.families.gan.objectives`) gives ``L_D(D(x), D(G(z)))`` and ``L_G(D(G(z)))``.
+
+Contract: :meth:`GAN.param_groups` returns one optimizer per player (``generator``,
+``discriminator``; each a list of param-group dicts that carry the per-player learning rate
+and betas, TTUR: Heusel et al. 2017), :meth:`GAN.schedule` is ``n_critic`` discriminator steps
+then one generator step, and ``loss(nets, batch, group=...)`` returns that player's loss.
+
+Data mapping: discrete ``x in {0..L-1}^D`` -> ``y = 2 (x + u) / L - 1`` with ``u ~ U[0, 1)``
+(uniform dequantisation, so real and generated data are both continuous) or, without it,
+the bin centres ``u = 1/2``; samples map back by ``x = floor((y + 1) L / 2)`` (the bin of ``y``).
+
+Sampling uses an exponential moving average of the generator's weights (Karras et al. 2018;
+Yazici et al. 2019), ``nets["generator_ema"]``, updated at every generator step.
+No likelihood: ``nll_kind = "none"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from genlab.data.base import DataInfo
+from genlab.families.base import Family, LossOutput
+from genlab.families.gan.nets import add_spectral_norm
+from genlab.families.gan.objectives import GANObjective, NonSaturating
+from genlab.nets import input_kind_error
+
+Group = Literal["generator", "discriminator"]
+
+
+class EMAWarmup:
+    """``multi_avg_fn`` of :class:`~torch.optim.swa_utils.AveragedModel`: an EMA whose decay
+    warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (TensorFlow's
+    ``ExponentialMovingAverage(num_updates)``), so short runs are not dominated by the
+    initial weights. Integer buffers (BatchNorm's counter) are copied."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+
+    @torch.no_grad()
+    def __call__(self, ema: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
+        n = float(n_averaged)
+        weight = 1.0 - min(self.decay, (1.0 + n) / (10.0 + n))
+        if ema[0].is_floating_point():
+            torch._foreach_lerp_(ema, current, weight)
+        else:
+            torch._foreach_copy_(ema, current)
+
+
+class GAN(Family):
+    """GAN family for images and 2-D points (see module docstring).
+
+    Args:
+        generator: factory ``generator(in_dim=latent_dim, out_dim=data shape)`` (``_partial_``).
+        discriminator: factory ``discriminator(in_dim=data shape, out_dim=1)``.
+        latent_dim: size of ``z``.
+        spectral_norm: spectral normalisation on every discriminator layer (Miyato et al. 2018).
+        lr_generator, lr_discriminator: per-player learning rates (None: ``optimizer.lr``).
+        betas: Adam betas for both players (None: the optimizer's); DCGAN: ``(0.5, 0.999)``.
+        ema_decay: decay of the generator EMA used for sampling (None: sample the raw generator).
+        dequantize: uniform dequantisation of the real data (else bin centres).
+        divergence_threshold: stop when a discriminator step's ``|L_D|`` or the gap
+            ``|mean D(x) - mean D(G(z))|`` exceeds this (a collapsed discriminator).
+        objective: the GAN loss (``loss`` group); non-saturating by default.
+    """
+
+    name = "gan"
+    objective_type = GANObjective
+    nll_kind = "none"
+
+    def __init__(
+        self,
+        generator: Callable[..., nn.Module],
+        discriminator: Callable[..., nn.Module],
+        latent_dim: int = 64,
+        spectral_norm: bool = False,
+        lr_generator: float | None = None,
+        lr_discriminator: float | None = None,
+        betas: Sequence[float] | None = None,
+        ema_decay: float | None = 0.999,
+        dequantize: bool = True,
+        divergence_threshold: float = 1.0e3,
+        objective: GANObjective | None = None,
+    ) -> None:
+        super().__init__(objective if objective is not None else NonSaturating())
+        self.generator_factory, self.discriminator_factory = generator, discriminator
+        self.latent_dim, self.spectral_norm = latent_dim, spectral_norm
+        self.lr = {"generator": lr_generator, "discriminator": lr_discriminator}
+        self.betas = tuple(betas) if betas is not None else None
+        self.ema_decay, self.dequantize = ema_decay, dequantize
+        self.divergence_threshold = divergence_threshold
+        self.info: DataInfo | None = None
+
+    # -- setup -----------------------------------------------------------------------
+    def check_data(self, info: DataInfo) -> str | None:
+        if info.kind not in ("image", "points"):
+            return f"a GAN generates continuous values binned into levels: image or points data, not {info.kind}"
+        for role, factory in (("generator", self.generator_factory), ("discriminator", self.discriminator_factory)):
+            if reason := input_kind_error(factory, info.kind, role):
+                return reason
+        return None
+
+    def build(self, info: DataInfo) -> nn.ModuleDict:
+        self.info = info
+        generator = self.generator_factory(in_dim=self.latent_dim, out_dim=info.shape)
+        discriminator = self.discriminator_factory(in_dim=info.shape, out_dim=1)
+        nets = nn.ModuleDict({"generator": generator,
+                              "discriminator": add_spectral_norm(discriminator) if self.spectral_norm else discriminator})
+        if self.ema_decay is not None:
+            nets["generator_ema"] = AveragedModel(generator, multi_avg_fn=EMAWarmup(self.ema_decay), use_buffers=True)
+            nets["generator_ema"].requires_grad_(False)
+        return nets
+
+    def param_groups(self, nets: nn.ModuleDict) -> dict[str, list[dict[str, Any]]]:
+        """``{player: [{"params": ..., "lr": ..., "betas": ...}]}``: torch optimizers take a list
+        of param-group dicts, whose ``lr``/``betas`` override the optimizer factory's defaults."""
+        return {group: [self._param_group(nets[group], self.lr[group])] for group in ("generator", "discriminator")}
+
+    def _param_group(self, net: nn.Module, lr: float | None) -> dict[str, Any]:
+        group: dict[str, Any] = {"params": list(net.parameters())}
+        if lr is not None:
+            group["lr"] = lr
+        if self.betas is not None:
+            group["betas"] = self.betas
+        return group
+
+    def schedule(self) -> list[str]:
+        """``n_critic`` discriminator steps, then one generator step (cycled by the module)."""
+        return ["discriminator"] * self.objective.n_critic + ["generator"]
+
+    # -- data mapping ---------------------------------------------------------------------
+    def to_model(self, x: Tensor) -> Tensor:
+        """Discrete ``(B, *shape)`` -> ``y in [-1, 1)``: ``2 (x + u) / L - 1`` (see module docstring)."""
+        u = torch.rand(x.shape, device=x.device) if self.dequantize else torch.full(x.shape, 0.5, device=x.device)
+        return 2.0 * (x.float() + u) / self.info.levels - 1.0
+
+    def to_data(self, y: Tensor) -> Tensor:
+        """``y in [-1, 1]`` -> the bin index ``floor((y + 1) L / 2)`` in ``{0..L-1}``, uint8."""
+        levels = self.info.levels
+        return torch.floor((y + 1.0) * levels / 2.0).clamp(0, levels - 1).to(torch.uint8)
+
+    def generate(self, generator: nn.Module, n: int, device: torch.device) -> Tensor:
+        """``tanh(G(z))``, ``z ~ N(0, I)``: ``(n, *shape)`` in model space."""
+        z = torch.randn(n, self.latent_dim, device=device)
+        return torch.tanh(generator(z)).view(n, *self.info.shape)
+
+    # -- contract ----------------------------------------------------------------------
+    def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor], group: Group | None = None) -> LossOutput:
+        """The loss of player ``group`` on ``batch`` (its size sets the number of fakes)."""
+        steps = {"discriminator": self.discriminator_step, "generator": self.generator_step}
+        if group not in steps:
+            raise ValueError(f"GAN.loss needs group= one of {list(steps)} (the schedule's names), got {group!r}")
+        return steps[group](nets, batch["x"])
+
+    def discriminator_step(self, nets: nn.ModuleDict, x: Tensor) -> LossOutput:
+        """``L_D`` (+ the objective's penalty) on real ``x`` and as many fresh fakes.
+
+        Logs ``d_loss`` (without penalty), ``gp`` (the penalty, where there is one), and the
+        mean outputs ``d_real``, ``d_fake``."""
+        real = self.to_model(x)
+        with torch.no_grad():
+            fake = self.generate(nets["generator"], real.shape[0], real.device)
+        d_real, d_fake = self.discriminate(nets, torch.cat([real, fake])).chunk(2)
+        d_loss = self.objective.discriminator_loss(d_real, d_fake)
+        logs = {"d_loss": d_loss.detach(), "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
+        penalty = self.objective.penalty(nets["discriminator"], real, fake)
+        if penalty is None:
+            return LossOutput(d_loss, logs)
+        return LossOutput(d_loss + penalty, {**logs, "gp": penalty.detach()})
+
+    def generator_step(self, nets: nn.ModuleDict, x: Tensor) -> LossOutput:
+        """``L_G`` on ``len(x)`` fakes; first moves the EMA towards the current generator
+        (so the EMA lags the raw generator by one update). Logs ``g_loss``, ``d_fake``."""
+        if "generator_ema" in nets:
+            nets["generator_ema"].update_parameters(nets["generator"])
+        fake = self.generate(nets["generator"], x.shape[0], x.device)
+        d_fake = self.discriminate(nets, fake)
+        g_loss = self.objective.generator_loss(d_fake)
+        return LossOutput(g_loss, {"g_loss": g_loss.detach(), "d_fake": d_fake.mean().detach()})
+
+    def discriminate(self, nets: nn.ModuleDict, y: Tensor) -> Tensor:
+        """Discriminator outputs ``(B,)`` for model-space inputs ``(B, *shape)``."""
+        return nets["discriminator"](y).view(-1)
+
+    def diverged(self, out: LossOutput) -> str | None:
+        """A collapsed discriminator: a discriminator step whose ``|L_D|`` or real/fake gap
+        ``|mean D(x) - mean D(G(z))|`` exceeds ``divergence_threshold`` (the gap is invariant
+        to the critic's offset, which the WGAN losses leave free)."""
+        if "d_real" not in out.logs:
+            return None
+        gap = float(out.logs["d_real"] - out.logs["d_fake"])
+        worst = max(abs(float(out.loss.detach())), abs(gap))
+        if worst <= self.divergence_threshold:
+            return None
+        return (
+            "Discriminator collapse (it separates real from generated data by an exploding margin, so the "
+            "generator's gradients are useless; fix: model.spectral_norm=true, loss=hinge or loss=wgan_gp, a lower "
+            "model.lr_discriminator or fewer critic steps loss.n_critic; raise the threshold if such margins are "
+            f"expected): |d_loss| or |d_real - d_fake| = {worst:.4g} exceeds "
+            f"model.divergence_threshold={self.divergence_threshold:g}"
+        )
+
+    @torch.no_grad()
+    def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
+        """``n`` samples in data space (uint8), from the generator EMA where there is one."""
+        generator = nets["generator_ema"] if "generator_ema" in nets else nets["generator"]
+        return self.to_data(self.generate(generator, n, next(nets.parameters()).device))

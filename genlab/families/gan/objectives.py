@@ -1,0 +1,114 @@
+"""GAN training objectives: the ``loss`` config group for ``model=dcgan`` / ``model=gan_mlp``.
+
+An objective maps discriminator outputs (logits / critic values, shape ``(B,)``) to the two
+players' losses, and optionally adds a penalty that needs the critic itself. It also fixes
+``n_critic``, the discriminator steps per generator step of its training algorithm. With
+``D`` the discriminator, ``r = D(x)`` on real data and ``f = D(G(z))`` on generated data:
+
+* :class:`NonSaturating` (Goodfellow et al. 2014, Sec. 3):
+  ``L_D = E[softplus(-r)] + E[softplus(f)]`` (binary cross-entropy with logits),
+  ``L_G = E[softplus(-f)] = -E[log sigmoid(f)]`` (the non-saturating generator loss).
+* :class:`Hinge` (Lim & Ye 2017; Miyato et al. 2018, Eq. 16-17):
+  ``L_D = E[relu(1 - r)] + E[relu(1 + f)]``, ``L_G = -E[f]``.
+* :class:`WGANGP` (Gulrajani et al. 2017, Alg. 1):
+  ``L_D = E[f] - E[r] + lambda E[(||grad_x D(x_hat)||_2 - 1)^2]`` on random interpolates
+  ``x_hat = eps x + (1 - eps) G(z)``, ``eps ~ U[0, 1]``; ``L_G = -E[f]``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+    """``E[(||grad_x D(x_hat)||_2 - 1)^2]`` at ``x_hat = eps real + (1 - eps) fake``
+    (Gulrajani et al. 2017, Eq. 3), one ``eps ~ U[0, 1]`` per example.
+
+    Args:
+        critic: ``D``, maps ``(B, *shape)`` to ``(B,)`` or ``(B, 1)``.
+        real, fake: ``(B, *shape)`` in model space; ``fake`` is detached here.
+    Returns:
+        scalar penalty (without ``lambda``), differentiable w.r.t. the critic's parameters.
+    """
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+class GANObjective:
+    """Base class of the GAN objectives (``loss`` group).
+
+    Args:
+        n_critic: discriminator steps per generator step (the family's :meth:`schedule`).
+    """
+
+    def __init__(self, n_critic: int = 1) -> None:
+        if n_critic < 1:
+            raise ValueError(f"loss.n_critic={n_critic} must be >= 1 (discriminator steps per generator step)")
+        self.n_critic = n_critic
+
+    def discriminator_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
+        """``L_D`` from outputs on real ``(B,)`` and generated ``(B,)`` data (a scalar)."""
+        raise NotImplementedError
+
+    def generator_loss(self, d_fake: Tensor) -> Tensor:
+        """``L_G`` from discriminator outputs on generated data ``(B,)`` (a scalar)."""
+        raise NotImplementedError
+
+    def penalty(self, critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor | None:
+        """A regulariser of the discriminator added to ``L_D`` (None: no penalty)."""
+        return None
+
+
+class NonSaturating(GANObjective):
+    """Original GAN with the non-saturating generator loss (Goodfellow et al. 2014)::
+
+        L_D = E[-log sigmoid(r)] + E[-log(1 - sigmoid(f))] = E[softplus(-r)] + E[softplus(f)]
+        L_G = E[-log sigmoid(f)] = E[softplus(-f)]
+    """
+
+    def discriminator_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
+        return F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+
+    def generator_loss(self, d_fake: Tensor) -> Tensor:
+        return F.softplus(-d_fake).mean()
+
+
+class Hinge(GANObjective):
+    """Hinge loss (Lim & Ye 2017; Miyato et al. 2018, Eq. 16-17)::
+
+        L_D = E[max(0, 1 - r)] + E[max(0, 1 + f)],   L_G = -E[f]
+    """
+
+    def discriminator_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
+        return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+
+    def generator_loss(self, d_fake: Tensor) -> Tensor:
+        return -d_fake.mean()
+
+
+class WGANGP(GANObjective):
+    """Wasserstein GAN with gradient penalty (Gulrajani et al. 2017, Alg. 1)::
+
+        L_D = E[f] - E[r] + lambda E[(||grad D(x_hat)|| - 1)^2],   L_G = -E[f]
+
+    Args:
+        gp_lambda: penalty weight ``lambda`` (10 in the paper).
+        n_critic: critic steps per generator step (5 in the paper).
+    """
+
+    def __init__(self, gp_lambda: float = 10.0, n_critic: int = 5) -> None:
+        super().__init__(n_critic)
+        self.gp_lambda = gp_lambda
+
+    def discriminator_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
+        return d_fake.mean() - d_real.mean()
+
+    def generator_loss(self, d_fake: Tensor) -> Tensor:
+        return -d_fake.mean()
+
+    def penalty(self, critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+        return self.gp_lambda * gradient_penalty(critic, real, fake)
