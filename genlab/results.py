@@ -61,6 +61,8 @@ def build_results(
         "val": {**_nll(metrics, "val", module.nll_kind.get("val"), info.unit),
                 "best_nll_bpd": float(best) if best is not None else None},
         "test": _nll(metrics, "test", module.nll_kind.get("test"), info.unit),
+        # every logged evaluation metric (e.g. the bound's standard error, NFE, modes covered)
+        "metrics": {k: float(v) for k, v in metrics.items() if k.startswith(("val/", "test/"))},
         "samples": samples,
         "history": module.history,
         "sample_metrics": {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("samples/")},

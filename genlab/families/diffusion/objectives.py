@@ -1,0 +1,87 @@
+"""Diffusion training objectives: the ``loss`` config group for ``model=ddpm*``.
+
+* :class:`SimpleLoss` (``loss=simple``): ``L_simple = E_{t, x0, eps} ||target - net(x_t, t)||^2``
+  (Ho et al. 2020, Eq. 14; the target is ``eps`` for the ``eps`` prediction), averaged over
+  dimensions; fixed reverse variances.
+* :class:`HybridLoss` (``loss=hybrid``): ``L_hybrid = L_simple + lambda L_vlb`` with learned
+  variances (Nichol & Dhariwal 2021, Eq. 16, ``lambda = 0.001``). The network outputs a second
+  channel block ``v`` that sets ``Sigma = exp(u log beta_t + (1 - u) log beta~_t)``, ``u = (v + 1) / 2``
+  (Eq. 15). ``L_vlb`` sees the mean through a stop-gradient, so the mean is trained by
+  ``L_simple`` alone (Sec. 3.1). ``L_vlb = sum_t L_t`` is estimated from one uniform ``t`` per
+  example as ``T L_t`` in bits/dim (as improved-diffusion's ``vb * T / 1000`` with ``lambda = 0.001``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from genlab.families.base import LossOutput
+from genlab.metrics.likelihood import LN2
+
+if TYPE_CHECKING:
+    from genlab.families.diffusion.family import Diffusion
+
+
+class DiffusionObjective:
+    """Base class of diffusion objectives: ``objective(family, nets, x0) -> LossOutput``.
+
+    ``x0`` is the data scaled to ``[-1, 1]``. :attr:`learns_variance` tells the family to give the
+    network a second output block for the reverse variances.
+    """
+
+    learns_variance: bool = False
+
+    def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
+        raise NotImplementedError
+
+    @staticmethod
+    def noisy_batch(family: Diffusion, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``t ~ U{0..T-1}``, ``eps ~ N(0, I)`` and ``x_t = q_sample(x0, t, eps)``, per example."""
+        t = torch.randint(0, family.process.T, (x0.shape[0],), device=x0.device)
+        eps = torch.randn_like(x0)
+        return t, eps, family.process.q_sample(x0, t, eps)
+
+    @staticmethod
+    def mse(family: Diffusion, t: Tensor, x0: Tensor, eps: Tensor, mean_out: Tensor) -> Tensor:
+        """Per-example mean squared error of the prediction's target, ``(B,)``."""
+        target = family.prediction.target(family.process, t, x0, eps)
+        return (mean_out - target).pow(2).flatten(1).mean(1)
+
+
+class SimpleLoss(DiffusionObjective):
+    """``L_simple`` (Ho et al. 2020, Eq. 14): MSE of the prediction target, fixed variances."""
+
+    def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
+        t, eps, x_t = self.noisy_batch(family, x0)
+        mean_out, _ = family.split_output(family.net_output(nets, family.process, x_t, t))
+        mse = self.mse(family, t, x0, eps, mean_out).mean()
+        return LossOutput(mse, {"mse": mse.detach()})
+
+
+class HybridLoss(DiffusionObjective):
+    """``L_simple + vlb_weight * L_vlb`` with learned variances (Nichol & Dhariwal 2021, Eq. 16).
+
+    Args:
+        vlb_weight: ``lambda`` (0.001 in the paper).
+    """
+
+    learns_variance = True
+
+    def __init__(self, vlb_weight: float = 0.001) -> None:
+        if vlb_weight < 0:
+            raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}")
+        self.vlb_weight = vlb_weight
+
+    def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
+        t, eps, x_t = self.noisy_batch(family, x0)
+        out = family.net_output(nets, family.process, x_t, t)
+        mean_out, var_out = family.split_output(out)
+        mse = self.mse(family, t, x0, eps, mean_out).mean()
+        frozen = torch.cat([mean_out.detach(), var_out], dim=1)  # stop-gradient on the mean (Sec. 3.1)
+        term = family.vb_term(family.process, x0, x_t, t, frozen)  # L_t in nats, (B,)
+        vlb_bpd = family.process.T * term.mean() / (family.info.dims * LN2)  # one-sample estimate of sum_t L_t
+        loss = mse + self.vlb_weight * vlb_bpd
+        return LossOutput(loss, {"mse": mse.detach(), "vlb_bpd": vlb_bpd.detach()})
