@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from genlab.builders import load_run
-from genlab.metrics.quality import get_classifier, quality_metrics, real_floor, reference_set
+from genlab.metrics.quality import get_classifier, inception_metrics, quality_metrics, real_floor, reference_set
 
 COLUMNS = ("fd", "kid", "precision", "recall", "density", "coverage", "confident_share")
 
@@ -61,6 +61,7 @@ def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = Non
         "classifier": {"test_accuracy": meta["test_accuracy"], "path": meta.get("path")},
         "samples": quality_metrics(clf, ref, x.to(ref.dtype)),
         "floor": real_floor(clf, dm, n),
+        "inception": inception_metrics(ref, x.to(ref.dtype), dm.info.levels),
     }
     (run_dir / "quality.json").write_text(json.dumps(out, indent=2))
     return out
@@ -72,7 +73,9 @@ def table(out: dict[str, Any]) -> str:
     rows = [f"| {name} | " + " | ".join(f"{out[key][c]:.4g}" for c in COLUMNS) + " |"
             for name, key in (("samples", "samples"), ("real test (floor)", "floor"))]
     hist = ", ".join(f"{v:.2f}" for v in out["samples"]["class_hist"])
-    return "\n".join([head, *rows, f"\nclass histogram of samples: [{hist}]"])
+    inc = out.get("inception", {})
+    inception = inc.get("notice") or f"Inception FID {inc['fid']:.3f}, IS {inc['is']:.3f} +- {inc['is_std']:.3f}"
+    return "\n".join([head, *rows, f"\nclass histogram of samples: [{hist}]", inception])
 
 
 def main(argv: list[str] | None = None) -> int:

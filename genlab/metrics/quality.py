@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -245,3 +246,46 @@ def real_floor(clf: FeatureClassifier, dm: Any, n: int) -> dict[str, Any]:
     """The metrics of held-out real images (test split) against the train reference: the floor."""
     test = discrete(dm.splits["test"])[:n]
     return quality_metrics(clf, reference_set(dm, n), test)
+
+
+# -- Inception metrics, only with local weights ------------------------------------------------
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+def inception_weights() -> Path | None:
+    """Local Inception-v3 (FID) weights: ``$GENLAB_INCEPTION_WEIGHTS`` or torch hub's checkpoint dir."""
+    env = os.environ.get("GENLAB_INCEPTION_WEIGHTS")
+    path = Path(env) if env else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    return path if path.is_file() else None
+
+
+def inception_metrics(real: Tensor, fake: Tensor, levels: int) -> dict[str, Any]:
+    """Standard Inception FID and IS (torchmetrics + torch-fidelity) where the weights are on disk;
+    otherwise ``{"notice": ...}`` saying why they were skipped (they need a download)."""
+    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+    if not _TORCH_FIDELITY_AVAILABLE:
+        return {"notice": "Inception FID/IS skipped: torch-fidelity is not installed (pip install torch-fidelity)"}
+    path = inception_weights()
+    if path is None:
+        return {"notice": f"Inception FID/IS skipped: no local Inception weights (set GENLAB_INCEPTION_WEIGHTS "
+                          f"or put {INCEPTION_FILE} in {Path(torch.hub.get_dir()) / 'checkpoints'})"}
+    from torchmetrics.image.fid import NoTrainInceptionV3
+    from torchmetrics.image.inception import InceptionScore
+
+    def rgb(x: Tensor) -> Tensor:  # uint8 (B, 3, H, W), as Inception expects
+        x = (x.float() * 255 / (levels - 1)).round().to(torch.uint8)
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+    fid = FrechetInceptionDistance(feature_extractor_weights_path=str(path))
+    logits = NoTrainInceptionV3("inception-v3-compat", ["logits_unbiased"], feature_extractor_weights_path=str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        score = InceptionScore(feature=logits)
+    for i in range(0, len(real), 250):
+        fid.update(rgb(real[i:i + 250]), real=True)
+    for i in range(0, len(fake), 250):
+        fid.update(rgb(fake[i:i + 250]), real=False)
+        score.update(rgb(fake[i:i + 250]))
+    is_mean, is_std = score.compute()
+    return {"fid": float(fid.compute()), "is": float(is_mean), "is_std": float(is_std), "weights": str(path)}
