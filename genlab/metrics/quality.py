@@ -45,7 +45,7 @@ class ClassifierConfig:
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 0
-    version: int = 1  # bump when the architecture code changes
+    version: int = 2  # bump when the architecture code changes
 
     def key(self) -> str:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -54,8 +54,8 @@ class ClassifierConfig:
 class FeatureClassifier(nn.Module):
     """Conv classifier on discrete images ``(B, C, H, W)`` with ``levels`` grey levels.
 
-    Two stride-2 conv stages, global average pooling, a ``feature_dim`` ReLU layer (the features)
-    and a linear head. Inputs are scaled to ``[0, 1]``.
+    Two stride-2 conv stages, average pooling to a 4x4 map, a ``feature_dim`` ReLU layer (the
+    features) and a linear head. Inputs are scaled to ``[0, 1]``.
     """
 
     def __init__(self, shape: tuple[int, ...], levels: int, num_classes: int, width: int = 32, feature_dim: int = 128):
@@ -66,8 +66,8 @@ class FeatureClassifier(nn.Module):
             nn.Conv2d(c, width, 3, padding=1), nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(4 * width, feature_dim), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),  # keep a coarse 4x4 layout: where strokes are matters
+            nn.Linear(16 * 4 * width, feature_dim), nn.ReLU(),
         )
         self.head = nn.Linear(feature_dim, num_classes)
         self.num_features = feature_dim
