@@ -4,8 +4,9 @@
 
 Draws ``--n`` samples from the run's checkpoint (or reads a saved uint8 tensor with
 ``--samples``), scores them with the dataset's cached feature classifier (trained once on the
-train split; see :mod:`genlab.metrics.quality`) and prints them next to the floor: the same
-metrics for held-out real images. Writes ``quality.json`` in the run directory.
+train split; see :mod:`genlab.metrics.quality`) against held-out real images (the test split)
+and prints them next to the floor: the same metrics for other held-out real images (the
+validation split). Writes ``quality.json`` in the run directory.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def table(out: dict[str, Any]) -> str:
     """Markdown table: the samples' metrics and the real-data floor."""
     head = "| set | " + " | ".join(COLUMNS) + " |\n|---|" + "---|" * len(COLUMNS)
     rows = [f"| {name} | " + " | ".join(f"{out[key][c]:.4g}" for c in COLUMNS) + " |"
-            for name, key in (("samples", "samples"), ("real test (floor)", "floor"))]
+            for name, key in (("samples", "samples"), ("real val (floor)", "floor"))]
     hist = ", ".join(f"{v:.2f}" for v in out["samples"]["class_hist"])
     inc = out.get("inception", {})
     inception = inc.get("notice") or f"Inception FID {inc['fid']:.3f}, IS {inc['is']:.3f} +- {inc['is_std']:.3f}"

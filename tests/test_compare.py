@@ -40,7 +40,7 @@ def test_compare_writes_one_row_per_family_and_real_pngs(sweep, tmp_path, capsys
     assert main([str(sweep), "--quality-n", "60", "--cache-dir", str(tmp_path / "cache")]) == 0
     rows = list(csv.DictReader(open(sweep / "comparison.csv")))
     families = [r["family"] for r in rows]
-    assert families[:2] == ["vae", "flow"] and "real data (test split)" in families
+    assert families[:2] == ["vae", "flow"] and "real data (val split)" in families
     for r in rows[:2]:
         assert float(r["nll_bpd"]) > 0 and r["nll_kind"] in ("bound", "estimate")
         assert float(r["fd"]) >= 0 and 0 <= float(r["precision"]) <= 1 and int(r["params"]) > 0

@@ -110,7 +110,7 @@ def test_genlab_eval_scores_a_trained_run_next_to_the_real_floor(make_cfg, class
     run_dir = Path(results["path"]).parent
     assert main([str(run_dir), "--n", "150", "--cache-dir", str(classifier_cache)]) == 0
     printed = capsys.readouterr().out
-    assert "| samples |" in printed and "| real test (floor) |" in printed
+    assert "| samples |" in printed and "| real val (floor) |" in printed
     out = json.loads((run_dir / "quality.json").read_text())
     assert out["n"] == 150 and out["family"] == "vae" and out["sample_seconds_per_1000"] > 0
     # a 2-epoch VAE is far from real data: worse than the floor in Frechet distance

@@ -11,8 +11,12 @@ layer gives the feature space for
 * and its softmax gives the confident-class share (max probability >= ``confidence``) and the
   class histogram of the samples.
 
-The reference set is (a subset of) the train split; :func:`real_floor` gives the same metrics for
-held-out real images (the test split) against it — the best a model could hope for.
+The reference set is (a seeded subset of) the TEST split; :func:`real_floor` gives the same
+metrics for other held-out real images (the validation split) against it — what a perfect
+model would score. Neither split trained the classifier nor the generative models. (Against
+the train split the classifier's features favour memorisation: on MNIST, held-out real digits
+score FD 40 against train while an EBM's samples score 26; against the test split the order is
+the honest one.)
 """
 
 from __future__ import annotations
@@ -235,17 +239,19 @@ def discrete(split: Any, seed: int = 0) -> Tensor:
     return split.transform(split.x, torch.Generator().manual_seed(seed)) if split.transform else split.x
 
 
+def _subset(split: Any, n: int, seed: int) -> Tensor:
+    x = discrete(split, seed)
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 def reference_set(dm: Any, n: int, seed: int = 0) -> Tensor:
-    """``n`` train images (a seeded subset) as the real reference."""
-    x = discrete(dm.splits["train"], seed)
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    return x[idx]
+    """``n`` test images (a seeded subset): the real reference that samples are compared with."""
+    return _subset(dm.splits["test"], n, seed)
 
 
-def real_floor(clf: FeatureClassifier, dm: Any, n: int) -> dict[str, Any]:
-    """The metrics of held-out real images (test split) against the train reference: the floor."""
-    test = discrete(dm.splits["test"])[:n]
-    return quality_metrics(clf, reference_set(dm, n), test)
+def real_floor(clf: FeatureClassifier, dm: Any, n: int, seed: int = 0) -> dict[str, Any]:
+    """The metrics of other held-out real images (validation split) against the reference: the floor."""
+    return quality_metrics(clf, reference_set(dm, n, seed), _subset(dm.splits["val"], n, seed + 1))
 
 
 # -- Inception metrics, only with local weights ------------------------------------------------
