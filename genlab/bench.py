@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -43,3 +44,31 @@ def print_table(header: list[str], row: list[Any], results: dict[str, Any]) -> N
     print("|" + "---|" * len(header))
     print("| " + " | ".join(str(c) for c in row) + " |")
     print(f"results: {results['path']}")
+
+
+THREADS_HELP = ("OMP_NUM_THREADS for the run (and torch threads for sampling here); 0 keeps torch's default. "
+                "On a CPU shared with other jobs, 2+ threads can be 100x slower than 1 (OpenMP threads wait "
+                "on each other)")
+
+
+def bench_parser(doc: str | None, minutes: int) -> argparse.ArgumentParser:
+    """The options every MNIST benchmark script shares: ``--data-dir``, ``--minutes``,
+    ``--threads`` and trailing Hydra overrides; scripts add their own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw (torchvision layout)")
+    p.add_argument("--minutes", type=int, default=minutes, help="training budget")
+    p.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
+    return p
+
+
+def train_experiment(experiment: str, args: Any) -> dict[str, Any] | None:
+    """``genlab-train experiment=<experiment>`` with the shared options of :func:`bench_parser`;
+    also sets this process's torch threads for what the script does afterwards (sampling)."""
+    r = run_training([f"experiment={experiment}", f"paths.data_dir={args.data_dir}",
+                      f"trainer.max_time={budget(args.minutes)}", *args.overrides], args.threads)
+    if r is not None and args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return r

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from genlab.bench import budget, print_table, run_training
+from genlab.bench import bench_parser, print_table, train_experiment
 from genlab.builders import load_run
 from genlab.callbacks.samples import write_samples
 from genlab.families.diffusion import DDIM, Ancestral, Sampler
@@ -65,23 +65,15 @@ def sample_sets(ckpt: str, out_dir: Path, args: argparse.Namespace) -> dict[str,
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw (torchvision layout)")
-    p.add_argument("--minutes", type=int, default=30, help="training budget")
-    p.add_argument("--threads", type=int, default=1,
-                   help="OMP_NUM_THREADS for the run (and torch threads for sampling); 0 keeps torch's default")
+    p = bench_parser(__doc__, minutes=30)
     p.add_argument("--ddim-samples", type=int, default=1000, help="DDIM-50 samples to draw (0: none)")
     p.add_argument("--ddpm-samples", type=int, default=64, help="ancestral DDPM samples to draw (0: none)")
     p.add_argument("--ddpm-steps", type=int, default=0, help="ancestral steps (0: all T of the model)")
     p.add_argument("--chunk", type=int, default=250, help="samples drawn per batch")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     a = p.parse_args()
-    r = run_training(["experiment=ddpm_mnist", f"paths.data_dir={a.data_dir}",
-                      f"trainer.max_time={budget(a.minutes)}", *a.overrides], a.threads)
+    r = train_experiment("ddpm_mnist", a)
     if r is None:
         return 2
-    if a.threads:
-        torch.set_num_threads(a.threads)
     out_dir = Path(r["path"]).parent / "bench_samples"
     sets = sample_sets(r["checkpoint"], out_dir, a) if r.get("checkpoint") else {}
     bpd, steps, secs = r["test"]["nll_bpd"], r["global_step"], r["train_seconds"]

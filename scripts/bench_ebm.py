@@ -12,7 +12,6 @@ An EBM has no tractable likelihood on MNIST: the NLL column reads "—".
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from genlab.bench import budget, print_table, run_training
+from genlab.bench import bench_parser, print_table, train_experiment
 from genlab.builders import load_run
 from genlab.callbacks.samples import image_grid
 
@@ -42,19 +41,12 @@ def save(x: torch.Tensor, levels: int, out_dir: Path) -> tuple[Path, Path]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw (torchvision layout)")
-    p.add_argument("--minutes", type=int, default=20, help="training budget")
-    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the run (0: torch's default)")
+    p = bench_parser(__doc__, minutes=20)
     p.add_argument("--samples", type=int, default=1000, help="images drawn from the final checkpoint")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     a = p.parse_args()
-    r = run_training(["experiment=ebm_mnist", f"paths.data_dir={a.data_dir}",
-                      f"trainer.max_time={budget(a.minutes)}", *a.overrides], a.threads)
+    r = train_experiment("ebm_mnist", a)
     if r is None:
         return 2
-    if a.threads:
-        torch.set_num_threads(a.threads)
     x, secs = draw_samples(r["checkpoints"]["last"] or r["checkpoint"], a.samples)
     pt, png = save(x, r["data"]["levels"], Path(r["path"]).parent)
     steps, train_s = r["global_step"], r["train_seconds"]

@@ -12,25 +12,17 @@ results.json. Exit status 1 if the target is missed.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from genlab.bench import budget, print_table, run_training
+from genlab.bench import bench_parser, print_table, train_experiment
 
 TARGET_BPD = 1.4
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw (torchvision layout)")
-    p.add_argument("--minutes", type=int, default=20, help="training budget")
-    p.add_argument("--threads", type=int, default=1,
-                   help="OMP_NUM_THREADS for the run; 0 keeps torch's default. On a CPU shared with other "
-                        "jobs, 2+ threads can be 100x slower than 1 (OpenMP threads wait on each other)")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
+    p = bench_parser(__doc__, minutes=20)
     a = p.parse_args()
-    r = run_training(["experiment=flow_mnist", f"paths.data_dir={a.data_dir}",
-                      f"trainer.max_time={budget(a.minutes)}", *a.overrides], a.threads)
+    r = train_experiment("flow_mnist", a)
     if r is None:
         return 2
     bpd, steps, secs = r["test"]["nll_bpd"], r["global_step"], r["train_seconds"]

@@ -16,14 +16,13 @@ configs/experiment/flow_matching_mnist.yaml for the test subset and solver).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from genlab.bench import budget, print_table, run_training
+from genlab.bench import bench_parser, print_table, train_experiment
 from genlab.builders import load_run
 from genlab.callbacks.samples import write_samples
 from genlab.families.flow_matching import ODESolver
@@ -48,24 +47,16 @@ def sample_with(module, solver: ODESolver, n: int, batch: int, seed: int = 0) ->
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw (torchvision layout)")
-    p.add_argument("--minutes", type=int, default=30, help="training budget")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch / OpenMP threads for training and sampling; 0 keeps torch's default")
+    p = bench_parser(__doc__, minutes=30)
     p.add_argument("--num-samples", type=int, default=1000, help="samples per solver")
     p.add_argument("--batch", type=int, default=250, help="samples per ODE solve")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     a = p.parse_args()
-    r = run_training(["experiment=flow_matching_mnist", f"paths.data_dir={a.data_dir}",
-                      f"trainer.max_time={budget(a.minutes)}", *a.overrides], a.threads)
+    r = train_experiment("flow_matching_mnist", a)
     if r is None:
         return 2
     if not r.get("checkpoint"):
         print(f"no checkpoint was written (see {r['path']}): train longer than --minutes {a.minutes}")
         return 2
-    if a.threads:
-        torch.set_num_threads(a.threads)
     module, _ = load_run(r["checkpoint"])
     out = Path(r["path"]).parent / "bench"
     out.mkdir(parents=True, exist_ok=True)

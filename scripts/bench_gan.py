@@ -15,7 +15,6 @@ fixed seed and writes ``<run>/bench_samples.png`` (a grid of the first 100) and
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import save_image
 
-from genlab.bench import budget, print_table, run_training
+from genlab.bench import bench_parser, print_table, train_experiment
 from genlab.builders import load_run
 from genlab.callbacks.samples import image_grid
 
@@ -42,22 +41,13 @@ def sample_from_checkpoint(ckpt: str, n: int, seed: int, out: Path) -> tuple[Pat
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw (torchvision layout)")
-    p.add_argument("--minutes", type=int, default=20, help="training budget")
-    p.add_argument("--threads", type=int, default=1,
-                   help="OMP_NUM_THREADS for the run; 0 keeps torch's default. On a CPU shared with other "
-                        "jobs, 2+ threads can be 100x slower than 1 (OpenMP threads wait on each other)")
+    p = bench_parser(__doc__, minutes=20)
     p.add_argument("--num-samples", type=int, default=1000, help="samples written for scoring")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
-    p.add_argument("overrides", nargs="*", help="extra Hydra overrides")
     a = p.parse_args()
-    r = run_training(["experiment=gan_mnist", f"paths.data_dir={a.data_dir}",
-                      f"trainer.max_time={budget(a.minutes)}", *a.overrides], a.threads)
+    r = train_experiment("gan_mnist", a)
     if r is None:
         return 2
-    if a.threads:
-        torch.set_num_threads(a.threads)
     ckpt = r["checkpoints"]["last"] or r["checkpoint"]
     png, pt, rate = sample_from_checkpoint(ckpt, a.num_samples, a.seed, Path(r["path"]).parent / "bench_samples")
     steps, secs = r["global_step"], r["train_seconds"]

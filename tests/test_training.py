@@ -131,7 +131,7 @@ def test_a_checkpoint_alone_rebuilds_the_run(make_cfg):
 
 
 def test_benchmark_runner_returns_the_results_of_a_cli_run(tmp_path, monkeypatch):
-    from genlab.bench import budget, run_training
+    from genlab.bench import bench_parser, budget, run_training, train_experiment
 
     assert budget(20) == "00:00:20:00" and budget(90) == "00:01:30:00"
     monkeypatch.setenv("GENLAB_LOG_DIR", str(tmp_path))
@@ -139,6 +139,11 @@ def test_benchmark_runner_returns_the_results_of_a_cli_run(tmp_path, monkeypatch
     assert r is not None and Path(r["path"]).exists() and r["path"].startswith(str(tmp_path))
     assert r["family"] == "vae" and math.isfinite(r["test"]["nll_bpd"])
     assert run_training(["model=no_such_model"]) is None
+    # the scripts' shared options: an experiment, a data dir, a budget and extra overrides
+    a = bench_parser("doc", minutes=1).parse_args(["--data-dir", str(tmp_path), "trainer=debug", "num_samples=4"])
+    r = train_experiment("vae_toy", a)
+    assert r["dataset"] == "toy" and r["config"]["trainer"]["max_time"] == "00:00:01:00"
+    assert r["config"]["paths"]["data_dir"] == str(tmp_path)
 
 
 def test_last_checkpoint_is_the_latest_state_even_when_validation_stops_improving(make_cfg):
