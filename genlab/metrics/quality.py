@@ -214,7 +214,8 @@ def quality_metrics(clf: FeatureClassifier, real: Tensor, fake: Tensor, confiden
     fid = FrechetInceptionDistance(feature=extractor, reset_real_features=True)
     with warnings.catch_warnings():  # "KID keeps all features in memory": a few thousand here
         warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=extractor, subset_size=min(kid_subset, n), subsets=50)
+        # subsets of half the data: with subset_size = n every subset is the whole set and the std is 0
+        kid = KernelInceptionDistance(feature=extractor, subset_size=max(2, min(kid_subset, n // 2)), subsets=50)
     for metric in (fid, kid):
         for i in range(0, len(real), 1000):
             metric.update(real[i:i + 1000], real=True)
