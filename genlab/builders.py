@@ -120,8 +120,11 @@ def wandb_identity(cfg: DictConfig, lg: DictConfig, module: Any) -> dict[str, An
     return {"group": lg.get("group") or sweep_group(), "tags": tags}
 
 
-def load_run(ckpt_path: str, map_location: str = "cpu") -> tuple[Any, Any]:
+def load_run(ckpt_path: str, map_location: str = "cpu", overrides: list[str] | None = None) -> tuple[Any, Any]:
     """Rebuild a trained run from a checkpoint alone: ``(module, datamodule)``.
+
+    ``overrides`` (``key=value`` dot-list, e.g. ``model.test_likelihood.solver.method=dopri5``)
+    change the stored config before rebuilding: evaluation settings, not the architecture.
 
     Uses the resolved run config that every genlab checkpoint stores (``genlab_config``).
     """
@@ -131,6 +134,8 @@ def load_run(ckpt_path: str, map_location: str = "cpu") -> tuple[Any, Any]:
 
     ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
     cfg = OmegaConf.create(ckpt.get("genlab_config") or {})
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     if "model" not in cfg:
         raise ValueError(f"{ckpt_path} is not a genlab checkpoint (no genlab_config); pass a run's checkpoints/*.ckpt")
     datamodule = instantiate(cfg.dataset)
