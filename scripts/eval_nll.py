@@ -32,7 +32,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=50, help="examples per batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*", help="config overrides (key=value), e.g. evaluation settings")
-    a = p.parse_args()
+    a = p.parse_intermixed_args()
     module, dm = load_run(a.ckpt, overrides=a.overrides)
     x = dm.splits["test"].x[: a.n]
     t0, total, kind = time.perf_counter(), torch.zeros((), dtype=torch.float64), None
