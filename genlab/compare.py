@@ -31,6 +31,7 @@ from torchvision.utils import make_grid
 
 COLUMNS = ["family", "model", "loss", "params", "nll_bpd", "nll_kind", "fd", "kid", "precision", "recall",
            "samples_per_s", "train_s"]
+SAMPLE_COLUMNS = ("mode_coverage", "high_quality")  # results.json sample_metrics shown when present
 FAMILY_ORDER = ["autoregressive", "vae", "flow", "diffusion", "flow_matching", "gan", "ebm"]
 
 
@@ -97,8 +98,11 @@ def row(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_tables(runs: list[dict[str, Any]], floor: dict[str, Any] | None, out: Path) -> tuple[Path, Path]:
-    """``comparison.md`` and ``comparison.csv`` in ``out``."""
-    rows = [row(r) for r in runs]
+    """``comparison.md`` and ``comparison.csv`` in ``out`` (plus a column per dataset-specific
+    sample metric that some run reports, e.g. ``mode_coverage`` on 2-D mixtures)."""
+    extra_cols = sorted({k for r in runs for k in (r.get("sample_metrics") or {}) if k in SAMPLE_COLUMNS})
+    rows = [{**row(r), **{k: (r.get("sample_metrics") or {}).get(k) for k in extra_cols}} for r in runs]
+    columns = COLUMNS + extra_cols
     data = runs[0].get("data", {})
     extra = []
     if floor is not None:
@@ -107,19 +111,19 @@ def write_tables(runs: list[dict[str, Any]], floor: dict[str, Any] | None, out: 
     if data.get("entropy_bpd") is not None:
         extra.append({"family": "true entropy", "model": "—", "nll_bpd": data["entropy_bpd"], "nll_kind": "exact"})
     with open(out / "comparison.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for rr in rows + extra:
-            w.writerow({k: rr.get(k) for k in COLUMNS})
+            w.writerow({k: rr.get(k) for k in columns})
     unit = runs[0].get("test", {}).get("unit", "bits/dim")
-    head = [c if c != "nll_bpd" else f"NLL ({unit})" for c in COLUMNS]
+    head = [c if c != "nll_bpd" else f"NLL ({unit})" for c in columns]
     lines = [f"# Comparison: {len(runs)} runs on {runs[0].get('dataset')}", "",
              "NLL kinds: exact (a true likelihood), bound (an upper bound on the NLL), estimate (stochastic). "
              "'—': the family has no likelihood / the value does not exist. FD, KID, precision and recall are "
              "measured against held-out test images in the features of a classifier trained on the dataset's "
              "train split; 'real data' is the floor: held-out validation images scored the same way.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_fmt(rr.get(c)) for c in COLUMNS) + " |" for rr in rows + extra]
+    lines += ["| " + " | ".join(_fmt(rr.get(c)) for c in columns) + " |" for rr in rows + extra]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
     return out / "comparison.md", out / "comparison.csv"
 

@@ -55,14 +55,17 @@ def test_a_family_without_likelihood_shows_a_dash_never_a_number(sweep, tmp_path
     fake = tmp_path / "sweep"
     for i, p in enumerate(sweep.rglob("results.json")):
         r = json.loads(p.read_text())
-        if r["family"] == "vae":  # pretend this run had no likelihood (like a GAN)
-            r.update(family="gan", model="dcgan", test={"nll_kind": "none"}, history=[])
+        if r["family"] == "vae":  # pretend this run had no likelihood (like a GAN) and a dataset metric
+            r.update(family="gan", model="dcgan", test={"nll_kind": "none"}, history=[],
+                     sample_metrics={"mode_coverage": 0.875, "modes_total": 8.0})
         (fake / str(i)).mkdir(parents=True)
         (fake / str(i) / "results.json").write_text(json.dumps(r))
     compare(fake, quality_n=None)
     md = (fake / "comparison.md").read_text()
     gan_row = next(line for line in md.splitlines() if line.startswith("| gan |"))
     assert gan_row.split("|")[5].strip() == "—" and gan_row.split("|")[6].strip() == "none"
+    header = md.splitlines()[4]  # dataset metrics some run reports get a column; unknown keys do not
+    assert "mode_coverage" in header and "modes_total" not in header and gan_row.split("|")[-2].strip() == "0.875"
 
 
 def test_wandb_offline_run_holds_the_table_and_plots(sweep, tmp_path, monkeypatch):
