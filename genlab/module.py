@@ -31,9 +31,11 @@ class GenerativeModule(L.LightningModule):
     as ``{val,test}/nll_nats`` and ``{val,test}/nll_bpd`` (reduced across DDP ranks by
     torchmetrics). Families with a :meth:`Family.schedule` (GANs) are trained with manual
     optimisation: one optimizer step per training step, for the param group the schedule
-    names, so that every group's step sees its own batch. Randomness is re-seeded from ``(seed, global_step, rank)`` at every step,
-    so that a run resumed from a checkpoint continues exactly as an uninterrupted one, and
-    evaluation from ``(seed, batch_idx)`` so that val/test NLL are repeatable.
+    names, so that every group's step sees its own batch. Randomness is re-seeded from
+    ``(seed, global_step, rank)`` at every step, so that a run resumed from a checkpoint
+    continues exactly as an uninterrupted one, and evaluation from ``(seed, batch_idx)`` so
+    that val/test NLL are repeatable. Before any update, a non-finite loss or a divergence the
+    family reports (:meth:`Family.diverged`) stops the run with :class:`TrainingDivergedError`.
 
     Args:
         family: the generative family (builds ``self.nets``).
@@ -73,7 +75,7 @@ class GenerativeModule(L.LightningModule):
         self._reseed(self.global_step)
         if self.automatic_optimization:
             out = self.family.loss(self.nets, batch)
-            self._check_finite(out.loss, out.logs, out)
+            self._check(out)
             self.log("train/loss", out.loss, prog_bar=True)
             self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
             return out.loss
@@ -87,7 +89,7 @@ class GenerativeModule(L.LightningModule):
         opt = _as_list(self.optimizers())[i]
         self.toggle_optimizer(opt)  # other groups' parameters do not collect gradients
         out = self.family.loss(self.nets, batch, group=group)
-        self._check_finite(out.loss, out.logs, out)
+        self._check(out)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(out.loss)
         opt.step()
@@ -99,16 +101,13 @@ class GenerativeModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
         return out.loss.detach()
 
-    def _check_finite(self, loss: Tensor, logs: dict[str, Tensor], out: LossOutput | None = None) -> None:
-        reason = None
-        if not torch.isfinite(loss.detach()):
-            reason = f"The training loss is {loss.item()}"
-        elif out is not None:
-            reason = self.family.diverged(out)
+    def _check(self, out: LossOutput) -> None:
+        """Raise before the update if the loss is not finite or the family reports divergence."""
+        nonfinite = not torch.isfinite(out.loss.detach())
+        reason = f"The training loss is {out.loss.item()}" if nonfinite else self.family.diverged(out)
         if reason is None:
             return
-        nonfinite = reason.startswith("The training loss is")
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in logs.items()) or "none"
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.logs.items()) or "none"
         ckpt = checkpoint_paths(self.trainer)["last"] or "none saved yet"
         fix = ("Fix: lower optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0, automatic-optimisation "
                "families), or check the data for invalid values; then " if nonfinite else "After the fix above, ")

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
