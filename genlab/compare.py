@@ -175,6 +175,9 @@ def plot_nll_vs_time(runs: list[dict[str, Any]], path: Path) -> Path:
         if pts:
             ax.plot(*zip(*pts), marker=".", label=f"{r['family']} ({r.get('model')})")
     ax.set(xlabel="training time (s)", ylabel="validation NLL (bits/dim)", title="validation NLL vs wall-clock")
+    entropy = runs[0].get("data", {}).get("entropy_bpd")
+    if ax.lines and entropy is not None:
+        ax.axhline(entropy, color="k", ls="--", lw=1, label="true entropy")
     if ax.lines:
         ax.legend(fontsize=7)
     else:
