@@ -156,7 +156,9 @@ def plot_nll(runs: list[dict[str, Any]], path: Path) -> Path:
     entropy = runs[0].get("data", {}).get("entropy_bpd")
     if entropy is not None:
         ax.axhline(entropy, color="k", ls="--", lw=1, label="true entropy")
-        ax.legend()
+        ax.legend(loc="lower right")
+    top = max([row(r)["nll_bpd"] or 0 for r in runs] + [entropy or 0])
+    ax.set_ylim(0, 1.15 * top if top > 0 else 1)  # room for the labels above the bars
     ax.set_xticks(range(len(runs)), [_label(r) for r in runs], fontsize=8)
     ax.set_ylabel(f"test NLL ({runs[0].get('test', {}).get('unit', 'bits/dim')})")
     ax.set_title("test NLL per family (blue: exact, orange: bound/estimate)")
