@@ -234,6 +234,21 @@ class InMemoryDataModule(L.LightningDataModule):
         return self._loader("test", False, self.eval_batch_size, drop_last=False)
 
 
+def check_discrete(x: Tensor, info: DataInfo, hint: str = "pass the dataset's uint8/int64 tensors") -> Tensor:
+    """Validate a batch of discrete data for ``info`` (shape ``(B, *info.shape)``, integer values in
+    ``0..levels-1``); returns ``x``. ``hint`` says what to pass instead of non-integer floats."""
+    if tuple(x.shape[1:]) != tuple(info.shape):
+        raise ValueError(f"expected {info.kind} data of shape (B, {', '.join(map(str, info.shape))}) for dataset "
+                         f"{info.name!r}, got {tuple(x.shape)}")
+    if x.is_floating_point() and not torch.equal(x, x.floor()):
+        raise ValueError(f"expected discrete values (integers in 0..levels-1), got non-integer floats; {hint}")
+    lo, hi = (int(v) for v in torch.aminmax(x.detach().float()))
+    if lo < 0 or hi >= info.levels:
+        raise ValueError(f"values must lie in 0..{info.levels - 1} (dataset {info.name!r} has {info.levels} "
+                         f"levels), got values in {lo}..{hi}")
+    return x
+
+
 def images_to_uint8(x, name: str) -> Tensor:
     """Convert an array of images (N,H,W) or (N,C,H,W) to a uint8 ``(N, C, H, W)`` tensor."""
     t = torch.as_tensor(x)

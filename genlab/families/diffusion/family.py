@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genlab.data.base import DataInfo
+from genlab.data.base import DataInfo, check_discrete
 from genlab.families.base import Family, LossOutput
 from genlab.families.diffusion.objectives import DiffusionObjective, SimpleLoss
 from genlab.families.diffusion.predictions import PREDICTIONS, Prediction
@@ -188,17 +188,8 @@ class Diffusion(Family):
     # -- data space <-> [-1, 1] ----------------------------------------------------------------
     def check_discrete(self, x: Tensor) -> Tensor:
         """Validate a batch of discrete data (shape, integer values in ``0..L-1``); returns ``x``."""
-        if tuple(x.shape[1:]) != tuple(self.info.shape):
-            raise ValueError(f"expected data of shape (B, {', '.join(map(str, self.info.shape))}) for dataset "
-                             f"{self.info.name!r}, got {tuple(x.shape)}")
-        if x.is_floating_point() and not torch.equal(x, x.floor()):
-            raise ValueError("expected discrete values (integers in 0..levels-1), got non-integer floats; pass the "
-                             "dataset's uint8/int64 tensors, not values already scaled to [-1, 1]")
-        lo, hi = (int(v) for v in torch.aminmax(x.detach().float()))
-        if lo < 0 or hi >= self.info.levels:
-            raise ValueError(f"values must lie in 0..{self.info.levels - 1} (dataset {self.info.name!r} has "
-                             f"{self.info.levels} levels), got values in {lo}..{hi}")
-        return x
+        return check_discrete(x, self.info,
+                              "pass the dataset's uint8/int64 tensors, not values already scaled to [-1, 1]")
 
     @property
     def bin_width(self) -> float:

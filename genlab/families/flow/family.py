@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from genlab.data.base import DataInfo
+from genlab.data.base import DataInfo, check_discrete
 from genlab.families.base import Family, LossOutput
 from genlab.families.flow.layers import Center, FlowLayer, Logit, MultiScaleFlow, build_multiscale_flow
 from genlab.families.flow.objectives import Dequantization, UniformDequantization
@@ -129,18 +129,8 @@ class Flow(Family):
 
     # -- input checks ----------------------------------------------------------------------
     def check_discrete(self, x: Tensor) -> Tensor:
-        """Validate a batch of discrete images (shape, integer values in ``0..L-1``); returns ``x``."""
-        if tuple(x.shape[1:]) != tuple(self.info.shape):
-            shape = ", ".join(map(str, self.info.shape))
-            raise ValueError(f"expected images of shape (B, {shape}), got {tuple(x.shape)}")
-        if x.is_floating_point() and not torch.equal(x, x.floor()):
-            raise ValueError("expected discrete pixel values (integers in 0..levels-1), got non-integer floats; "
-                             "pass the uint8 images, or use encode() for dequantised values in [0, 1]")
-        lo, hi = (int(v) for v in torch.aminmax(x.detach().float()))
-        if lo < 0 or hi >= self.info.levels:
-            raise ValueError(f"pixel values must lie in 0..{self.info.levels - 1} (dataset {self.info.name!r} has "
-                             f"{self.info.levels} levels), got values in {lo}..{hi}")
-        return x
+        """Validate a batch of discrete data (shape, integer values in ``0..L-1``); returns ``x``."""
+        return check_discrete(x, self.info, 'pass the uint8 images, or use encode() for dequantised values in [0, 1]')
 
     @staticmethod
     def check_dequantized(y: Tensor) -> Tensor:

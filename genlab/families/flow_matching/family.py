@@ -34,18 +34,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from genlab.data.base import DataInfo
+from genlab.data.base import DataInfo, check_discrete
 from genlab.families.base import Family, LossOutput
 from genlab.families.flow_matching.objectives import ConditionalFlowMatching
 from genlab.families.flow_matching.ode import CountedVelocity, ODELikelihood, ODESolver
 from genlab.metrics.likelihood import LogLikelihood, continuous_to_discrete
+from genlab.nets import input_kind_error
 
 Stage = Literal["val", "test"]
-
-
-def _net_kinds(net: Callable[..., nn.Module]) -> tuple[str, ...] | None:
-    """The data kinds a backbone factory accepts (its class's ``input_kinds``), None if undeclared."""
-    return getattr(getattr(net, "func", net), "input_kinds", None)
 
 
 class FlowMatching(Family):
@@ -86,11 +82,8 @@ class FlowMatching(Family):
         if info.kind == "text":
             return ("flow matching transports a continuous density by an ODE; text is categorical tokens "
                     "with no ordering of their ids to dequantise (use model=transformer for text)")
-        kinds = _net_kinds(self.net)
-        if kinds is not None and info.kind not in kinds:
-            name = getattr(getattr(self.net, "func", self.net), "__name__", "the backbone")
-            return (f"model.net={name} takes {', '.join(kinds)} data, not {info.kind} of shape {info.shape} "
-                    f"(for points use model=flow_matching_mlp, whose TimeMLP takes vectors)")
+        if reason := input_kind_error(self.net, info.kind):
+            return f"{reason}: use model=flow_matching_mlp (a TimeMLP backbone) for {info.kind} data"
         return None
 
     def build(self, info: DataInfo) -> nn.ModuleDict:
@@ -100,18 +93,7 @@ class FlowMatching(Family):
     # -- data space <-> flow space ----------------------------------------------------------------
     def check_discrete(self, x: Tensor) -> Tensor:
         """Validate a batch of discrete data (shape, integer values in ``0..L-1``); returns ``x``."""
-        info = self.info
-        if tuple(x.shape[1:]) != tuple(info.shape):
-            raise ValueError(f"expected {info.kind} data of shape (B, {', '.join(map(str, info.shape))}), "
-                             f"got {tuple(x.shape)}")
-        if x.is_floating_point() and not torch.equal(x, x.floor()):
-            raise ValueError("expected discrete values (integers in 0..levels-1), got non-integer floats; pass the "
-                             "uint8 data (flow matching dequantises them itself)")
-        lo, hi = (int(v) for v in torch.aminmax(x.detach().float()))
-        if lo < 0 or hi >= info.levels:
-            raise ValueError(f"values must lie in 0..{info.levels - 1} (dataset {info.name!r} has {info.levels} "
-                             f"levels), got values in {lo}..{hi}")
-        return x
+        return check_discrete(x, self.info, 'pass the uint8 data (flow matching dequantises them itself)')
 
     def _dtype(self, nets: nn.ModuleDict) -> torch.dtype:
         return next(nets.parameters()).dtype
