@@ -62,7 +62,7 @@ def add_quality(runs: list[dict[str, Any]], n: int, cache_dir: str | None = None
             q = json.loads(qpath.read_text())
         elif r.get("status") == "finished" and r.get("checkpoint"):
             try:
-                q = evaluate(r["run_dir"], n=n, cache_dir=cache_dir)
+                q = evaluate(r["run_dir"], n=n, cache_dir=cache_dir, floor=floor)  # same data: one floor
             except ValueError as err:  # data without labelled images: no classifier features
                 log(f"sample quality skipped for {r['run_dir']}: {err}")
                 return None

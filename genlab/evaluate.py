@@ -43,8 +43,9 @@ def find_checkpoint(source: str | Path) -> tuple[Path, Path]:
 
 
 def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = None, seed: int = 0,
-             cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """Quality metrics of a run's samples and the real-data floor (see module docstring)."""
+             cache_dir: str | Path | None = None, floor: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Quality metrics of a run's samples and the real-data floor (see module docstring); pass
+    ``floor`` when it is already known for this dataset and ``n`` (a sweep computes it once)."""
     ckpt, run_dir = find_checkpoint(source)
     module, dm = load_run(str(ckpt))
     cache = Path(cache_dir) if cache_dir else Path(module.run_config["paths"]["data_dir"]) / "genlab_classifiers"
@@ -61,7 +62,7 @@ def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = Non
         "sample_seconds_per_1000": None if samples is not None else 1000 * seconds / len(x),
         "classifier": {"test_accuracy": meta["test_accuracy"], "path": meta.get("path")},
         "samples": quality_metrics(clf, ref, x.to(ref.dtype)),
-        "floor": real_floor(clf, dm, n),
+        "floor": floor if floor is not None else real_floor(clf, dm, n),
         "inception": inception_metrics(ref, x.to(ref.dtype), dm.info.levels),
     }
     (run_dir / "quality.json").write_text(json.dumps(out, indent=2))

@@ -20,13 +20,17 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 
+def warm_decay(decay: float, num_averaged: float) -> float:
+    """The EMA decay after ``n`` updates, ramped up as ``min(decay, (1 + n) / (10 + n))``."""
+    n = float(num_averaged)
+    return min(decay, (1.0 + n) / (10.0 + n))
+
+
 def warm_ema(averaged: Tensor, current: Tensor, num_averaged: Tensor, decay: float) -> Tensor:
     """One EMA update with the decay warmed up as ``min(decay, (1 + n) / (10 + n))`` after ``n``
     updates, so that short runs are not dominated by their first, untrained weights (with a
     fixed 0.999, 14% of the average after 2,000 steps would still be the first steps' weights)."""
-    n = float(num_averaged)
-    d = min(decay, (1.0 + n) / (10.0 + n))
-    return torch.lerp(averaged, current, 1.0 - d)
+    return torch.lerp(averaged, current, 1.0 - warm_decay(decay, num_averaged))
 
 
 class EMAWeightAveraging(_LightningEMA):

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
+from genlab.callbacks.ema import warm_decay
 from genlab.data.base import DataInfo
 from genlab.families.base import Family, LossOutput
 from genlab.families.gan.nets import add_spectral_norm
@@ -47,8 +48,7 @@ class EMAWarmup:
 
     @torch.no_grad()
     def __call__(self, ema: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
-        n = float(n_averaged)
-        weight = 1.0 - min(self.decay, (1.0 + n) / (10.0 + n))
+        weight = 1.0 - warm_decay(self.decay, n_averaged)
         if ema[0].is_floating_point():
             torch._foreach_lerp_(ema, current, weight)
         else:
