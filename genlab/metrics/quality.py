@@ -14,9 +14,9 @@ layer gives the feature space for
 The reference set is (a seeded subset of) the TEST split; :func:`real_floor` gives the same
 metrics for other held-out real images (the validation split) against it — what a perfect
 model would score. Neither split trained the classifier nor the generative models. (Against
-the train split the classifier's features favour memorisation: on MNIST, held-out real digits
-score FD 40 against train while an EBM's samples score 26; against the test split the order is
-the honest one.)
+the train split the classifier's features favour memorisation: in a one-off check on MNIST,
+held-out real digits scored FD 40 against train while an EBM's samples scored 26; against the
+test split the order is the honest one.)
 """
 
 from __future__ import annotations
