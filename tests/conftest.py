@@ -46,3 +46,21 @@ def fake_data(tmp_path_factory):
     from fakes import write_fake_datasets
 
     return write_fake_datasets(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """``trained_run(name, *overrides) -> results dict`` of a real short training (``genlab.train.run``),
+    trained once per test session and name (tasks share tiny checkpoints across test files)."""
+    from genlab.train import run
+
+    cache: dict[str, dict] = {}
+    root = tmp_path_factory.mktemp("trained")
+
+    def _trained(name: str, *overrides: str) -> dict:
+        if name not in cache:
+            cfg = compose_run(["num_samples=4", "callbacks.progress_bar.refresh_rate=0", *overrides], root / name)
+            cache[name] = run(cfg)
+        return cache[name]
+
+    return _trained

@@ -1,0 +1,94 @@
+"""``genlab-task``: what generative models are for, on a trained checkpoint.
+
+    genlab-task --help                      # the tasks
+    genlab-task <task> --help               # a task's options
+    genlab-task <task> ckpt=<run dir or .ckpt> [key=value ...]
+
+Every task writes ``<task>.json`` / ``<task>.md`` and its PNGs to ``out=`` (default
+``<run dir>/tasks/<task>``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import MISSING, fields
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from genlab.tasks.base import TaskError, load_context
+from genlab.tasks.registry import TASKS
+
+
+def usage() -> str:
+    width = max(len(n) for n in TASKS)
+    lines = [__doc__.strip(), "", "tasks:"]
+    for t in TASKS.values():
+        lines.append(f"  {t.name.ljust(width)}  {t.summary}")
+        lines.append(f"  {' ' * width}  families: {t.families}")
+    return "\n".join(lines)
+
+
+def task_help(name: str) -> str:
+    t = TASKS[name]
+    config_cls, _ = t.load()
+    lines = [f"genlab-task {name} ckpt=... [key=value ...]", "", t.summary, f"families: {t.families}", ""]
+    if config_cls.__doc__:
+        lines += [config_cls.__doc__.strip(), ""]
+    lines.append("options (defaults):")
+    for f in fields(config_cls):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        lines.append(f"  {f.name}={default}")
+    return "\n".join(lines)
+
+
+def parse(name: str, args: list[str]) -> Any:
+    """The task's config from ``key=value`` arguments (unknown keys and bad values are errors)."""
+    config_cls, _ = TASKS[name].load()
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise TaskError(f"arguments must be key=value, got {bad}. Options: {', '.join(f.name for f in fields(config_cls))}")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(config_cls), OmegaConf.from_dotlist(args))
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        raise TaskError(f"bad option for task '{name}': {msg}. Options: "
+                        f"{', '.join(f.name for f in fields(config_cls))} (genlab-task {name} --help)") from e
+
+
+def run_task(name: str, args: list[str]) -> dict[str, Any]:
+    """Parse, load the checkpoint, run; returns the task's report."""
+    if name not in TASKS:
+        raise TaskError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
+    cfg = parse(name, args)
+    _, fn = TASKS[name].load()
+    ctx = load_context(name, cfg)
+    report = fn(ctx, cfg)
+    report.setdefault("out_dir", str(ctx.out_dir))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name in TASKS and any(a in ("-h", "--help") for a in rest):
+        print(task_help(name))
+        return 0
+    try:
+        report = run_task(name, rest)
+    except TaskError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for line in report.get("summary", []):
+        print(line)
+    print(f"written to {report['out_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
