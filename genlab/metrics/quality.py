@@ -130,10 +130,12 @@ def get_classifier(dm: Any, cache_dir: str | Path, cfg: ClassifierConfig | None 
     return clf.eval(), meta
 
 
-def _train(clf: FeatureClassifier, splits: dict, cfg: ClassifierConfig) -> dict[str, float]:
+def fit_classifier(clf: FeatureClassifier, x: Tensor, y: Tensor, cfg: ClassifierConfig) -> float:
+    """Train ``clf`` on discrete images ``x`` with labels ``y`` (Adam, one-cycle schedule, at least
+    ``cfg.min_steps`` steps); returns the training seconds. Leaves ``clf`` in eval mode."""
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    x, y = discrete(splits["train"]), splits["train"].y.long()
+    y = y.long()
     opt = torch.optim.Adam(clf.parameters(), lr=cfg.lr)
     per_epoch = math.ceil(len(x) / cfg.batch_size)
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / per_epoch))
@@ -149,8 +151,13 @@ def _train(clf: FeatureClassifier, splits: dict, cfg: ClassifierConfig) -> dict[
             opt.step()
             sched.step()
     clf.eval()
+    return time.perf_counter() - t0
+
+
+def _train(clf: FeatureClassifier, splits: dict, cfg: ClassifierConfig) -> dict[str, float]:
+    seconds = fit_classifier(clf, discrete(splits["train"]), splits["train"].y, cfg)
     test = splits["test"]
-    return {"test_accuracy": accuracy(clf, discrete(test), test.y.long()), "train_seconds": time.perf_counter() - t0}
+    return {"test_accuracy": accuracy(clf, discrete(test), test.y.long()), "train_seconds": seconds}
 
 
 @torch.no_grad()

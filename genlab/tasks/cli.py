@@ -10,6 +10,7 @@ Every task writes ``<task>.json`` / ``<task>.md`` and its PNGs to ``out=`` (defa
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import MISSING, fields
 from typing import Any
@@ -35,7 +36,7 @@ def task_help(name: str) -> str:
     config_cls, _ = t.load()
     lines = [f"genlab-task {name} ckpt=... [key=value ...]", "", t.summary, f"families: {t.families}", ""]
     if config_cls.__doc__:
-        lines += [config_cls.__doc__.strip(), ""]
+        lines += [inspect.cleandoc(config_cls.__doc__), ""]
     lines.append("options (defaults):")
     for f in fields(config_cls):
         default = f.default_factory() if f.default_factory is not MISSING else f.default
@@ -51,6 +52,9 @@ def parse(name: str, args: list[str]) -> Any:
         raise TaskError(f"arguments must be key=value, got {bad}. Options: {', '.join(f.name for f in fields(config_cls))}")
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(config_cls), OmegaConf.from_dotlist(args))
+        if OmegaConf.is_missing(cfg, "ckpt"):
+            raise TaskError(f"ckpt=... is required: a run directory (holding results.json) or a checkpoint .ckpt "
+                            f"(genlab-task {name} ckpt=logs/runs/<date>/<time>)")
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]

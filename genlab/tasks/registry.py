@@ -26,8 +26,7 @@ class Task:
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("anomaly", "per-example NLL; AUROC and ROC curve of test data against out-of-distribution inputs",
-         "every family with a likelihood (autoregressive, vae, flow, diffusion, flow_matching; ebm on "
-         "enumerable grids)", "genlab.tasks.anomaly"),
+         "autoregressive, vae, flow, diffusion, flow_matching (likelihood); ebm (energy)", "genlab.tasks.anomaly"),
     Task("inpaint", "fill masked pixels (box, random, bottom half); error on the masked pixels, PNG",
          "autoregressive (exact for bottom half), diffusion (RePaint), flow_matching (path replacement), "
          "vae (iterated reconstruction), ebm (clamped Langevin)", "genlab.tasks.inpaint"),
