@@ -195,3 +195,11 @@ def test_augment_writes_a_loadable_dataset_and_scores_three_classifiers(vae, tmp
     assert cls["real+synthetic"]["n_train"] == 300 + report["kept"] and 0 < report["kept"] <= 300
     assert all(0 <= c["test_accuracy"] <= 1 for c in cls.values())
     assert report["train_command"].startswith("genlab-train dataset=array")
+
+
+def test_an_ebm_on_images_scores_by_its_energy(trained_run, tmp_path):
+    ckpt = trained_run("ebm_digits", "model=ebm_mlp", *FAST, "trainer.max_steps=100")["checkpoint"]
+    assert main(["anomaly", f"ckpt={ckpt}", f"out={tmp_path}", "n=100", "ood=[noise]"]) == 0
+    report = json.loads((tmp_path / "anomaly.json").read_text())
+    assert report["score"] == "energy" and report["nll_kind"] is None and "log Z" in report["unit"]
+    assert report["auroc"]["noise"] > 0.9  # contrastive divergence pushes the energy of noise up first

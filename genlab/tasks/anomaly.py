@@ -95,7 +95,8 @@ def load_ood_file(path: str, ctx: TaskContext, n: int) -> Tensor:
 
 
 def scorer(ctx: TaskContext) -> tuple[str, callable, list[str]]:
-    """``(what, score, kinds)``: ``score(x) -> (B,)`` NLL in the data's unit (higher = more anomalous);
+    """``(what, score, kinds)``: ``score(x) -> (B,)`` NLL in the data's unit, or the energy in nats
+    (higher = more anomalous);
     ``kinds`` collects the likelihood kinds (exact / bound / estimate) as it scores."""
     family, nets, dims = ctx.family, ctx.nets, ctx.info.dims
     probe = ctx.real("test", 2)[0]
@@ -111,7 +112,7 @@ def scorer(ctx: TaskContext) -> tuple[str, callable, list[str]]:
     if hasattr(family, "energy") and hasattr(family, "embed"):
         def energy(x: Tensor) -> Tensor:
             with torch.no_grad():
-                return family.energy(nets, family.embed(x)).double().cpu() / (dims * math.log(2))
+                return family.energy(nets, family.embed(x)).double().cpu()
 
         return "energy", energy, kinds
     raise Unsupported("anomaly", family.name, "it defines no likelihood (nll_kind none) and no energy", SUPPORTED)
@@ -179,7 +180,7 @@ def run(ctx: TaskContext, cfg: Config) -> dict:
         scores[name] = torch.cat(parts)
     in_name = next(iter(sets))
     curves = {name: roc(scores[in_name], s) for name, s in scores.items() if name != in_name}
-    unit = ctx.info.unit if what == "likelihood" else f"energy / (D ln 2), {ctx.info.unit} + const"
+    unit = ctx.info.unit if what == "likelihood" else "nats per example, -log p(x) up to the constant log Z"
     label = "NLL" if what == "likelihood" else "energy"
     roc_path, hist_path = _plots(ctx.out_dir, scores, curves, unit, label)
     kind = kinds[-1] if kinds else None
