@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from genlab.tasks.base import TaskConfig, TaskContext, TaskError, Unsupported, batches, write_report
+from genlab.tasks.base import TaskConfig, TaskContext, TaskError, Unsupported, batches, stream_seed, write_report
 
 SUPPORTED = ("autoregressive, vae, flow, diffusion, flow_matching (their likelihood); ebm (its energy, "
              "or the exact likelihood on enumerable grids)")
@@ -163,7 +163,7 @@ def _plots(out: Path, scores: dict[str, Tensor], curves: dict[str, tuple[float, 
 def run(ctx: TaskContext, cfg: Config) -> dict:
     what, score, kinds = scorer(ctx)
     x_in, _ = ctx.real(cfg.split, cfg.n)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "ood"))  # independent of the model's draws
     sets = {f"{cfg.split} (in-distribution)": x_in}
     for name in cfg.ood:
         sets[name] = make_ood(name, x_in, ctx.info.kind, ctx.info.levels, g)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlab.tasks.base import TaskConfig, TaskContext, TaskError, require_images, save_rows, write_report
+from genlab.tasks.base import TaskConfig, TaskContext, TaskError, require_images, save_rows, stream_seed, write_report
 
 SUPPORTED = "every family that samples images (autoregressive, vae, flow, diffusion, flow_matching, gan, ebm)"
 
@@ -85,7 +85,7 @@ def run(ctx: TaskContext, cfg: Config) -> dict:
         report["summary"] = [f"{len(x_syn)} samples written to {npz} ({report['classifier']})"]
         return report
 
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "real_subset"))
     x_train, y_train = discrete(train), train.y.long()
     idx = torch.randperm(len(x_train), generator=g)[: cfg.n_real or len(x_train)]
     x_real, y_real = x_train[idx], y_train[idx]

@@ -169,3 +169,15 @@ def psnr(a: Tensor, b: Tensor, peak: float) -> float:
     """Peak signal-to-noise ratio in dB between two arrays on the same scale (``peak`` = max value)."""
     mse = (a.double() - b.double()).pow(2).mean().item()
     return math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """An independent seed for the named random stream of a run (NumPy's ``SeedSequence``).
+
+    Generators seeded with the same integer give the same uniform stream, so a mask drawn with
+    ``seed`` and a model's noise drawn after ``torch.manual_seed(seed)`` would be correlated (the
+    missing pixels would get the low noise values). Every stream but the global one is seeded
+    from ``stream_seed(seed, name)``."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed % 2**32, *stream.encode()]).generate_state(1)[0])

@@ -47,7 +47,8 @@ import torch
 from torch import Tensor, nn
 
 from genlab.tasks.base import (
-    TaskConfig, TaskContext, TaskError, Unsupported, batches, psnr, require_images, save_rows, write_report,
+    TaskConfig, TaskContext, TaskError, Unsupported, batches, psnr, require_images, save_rows, stream_seed,
+    write_report,
 )
 from genlab.tasks.registry import TASKS
 
@@ -121,7 +122,7 @@ class DiffusionDenoiser:
         t = match_timestep(family.process, sigma)
         ab = float(family.process.tables["alpha_bar"][t])
         return {"t": t, "timesteps": family.process.T, "alpha_bar": ab, "target_alpha_bar": 1 / (1 + sigma**2),
-                "scale": math.sqrt(ab), "steps": min(steps or 50, t + 1)}
+                "scale": math.sqrt(ab), "steps": min(50 if steps is None else steps, t + 1)}
 
     @torch.no_grad()
     def run(self, family: Any, nets: nn.ModuleDict, y: Tensor, start: dict[str, Any], method: str) -> Tensor:
@@ -158,7 +159,7 @@ class FlowMatchingDenoiser:
         tt = torch.tensor([t], dtype=torch.float64)
         alpha, sig = float(path.alpha(tt)), float(path.sigma(tt))
         return {"t": t, "path": repr(path), "alpha_t": alpha, "sigma_t": sig, "ratio": sig / alpha,
-                "scale": alpha, "steps": steps or family.solver.steps, "solver": family.solver.method}
+                "scale": alpha, "steps": family.solver.steps if steps is None else steps, "solver": family.solver.method}
 
     @torch.no_grad()
     def run(self, family: Any, nets: nn.ModuleDict, y: Tensor, start: dict[str, Any], method: str) -> Tensor:
@@ -167,7 +168,8 @@ class FlowMatchingDenoiser:
         velocity = CountedVelocity(nets["velocity"])
         x_t = start["scale"] * y
         if method == "mean":
-            out = self.posterior_mean(family.objective.path, x_t, velocity(torch.tensor(start["t"], device=x_t.device), x_t), start["t"])
+            v = velocity(torch.tensor(start["t"], device=x_t.device), x_t)
+            out = self.posterior_mean(family.objective.path, x_t, v, start["t"])
         else:
             base = family.solver
             solver = ODESolver(base.method, steps=start["steps"], rtol=base.rtol, atol=base.atol)
@@ -203,7 +205,8 @@ def denoiser_for(family_name: str) -> DiffusionDenoiser | FlowMatchingDenoiser:
 
 # -- the task ---------------------------------------------------------------------------------------------------
 def _scores(pred_unit: Tensor, clean_unit: Tensor) -> dict[str, float]:
-    return {"psnr": psnr(pred_unit, clean_unit, 1.0), "mse": float((pred_unit.double() - clean_unit.double()).pow(2).mean())}
+    mse = float((pred_unit.double() - clean_unit.double()).pow(2).mean())
+    return {"psnr": psnr(pred_unit, clean_unit, 1.0), "mse": mse}
 
 
 def run(ctx: TaskContext, cfg: Config) -> dict[str, Any]:
@@ -212,7 +215,8 @@ def run(ctx: TaskContext, cfg: Config) -> dict[str, Any]:
     require_images("denoise", ctx, TASKS["denoise"].families)
     method = cfg.method or den.methods[0]
     if method not in den.methods:
-        raise TaskError(f"method={method} is not available for {ctx.family.name}; choose one of {', '.join(den.methods)}")
+        raise TaskError(f"method={method} is not available for {ctx.family.name}; "
+                        f"choose one of {', '.join(den.methods)}")
     if not cfg.sigma > 0:
         raise TaskError(f"sigma={cfg.sigma} must be > 0 (the noise std in the model's [-1, 1] scale)")
     if cfg.steps is not None and cfg.steps < 1:
@@ -220,7 +224,7 @@ def run(ctx: TaskContext, cfg: Config) -> dict[str, Any]:
     family, nets, levels = ctx.family, ctx.nets, ctx.info.levels
     x, _ = ctx.real(cfg.split, cfg.n)
     start = den.start(family, cfg.sigma, cfg.steps)
-    g = torch.Generator().manual_seed(cfg.seed)
+    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "noise"))  # independent of the model's draws
     torch.manual_seed(cfg.seed)
     noisy, denoised, seconds = [], [], 0.0
     for xb in batches(x, cfg.batch_size):
@@ -276,7 +280,7 @@ def _markdown(r: dict[str, Any]) -> str:
     rows = "\n".join(f"| {name} | {v['psnr']:.2f} | {v['mse']:.5f} |" for name, v in r["metrics"].items())
     return (f"# Denoising: {r['family']}\n\n"
             f"Gaussian noise of std {r['sigma']} in the model's [-1, 1] scale; denoised from {_where(r)}.\n"
-            f"Checkpoint `{r['checkpoint']}`; {r['n']} images of {r['dataset']}/{r['split']}; {r['seconds']:.1f} s.\n\n"
+            f"Checkpoint `{r['checkpoint']}`; {r['n']} images of {r['dataset']}/{r['split']}; {r['seconds']:.2f} s.\n\n"
             "Against the clean images, values in [0, 1] (`noisy_quantized`: the noisy input clipped and rounded "
             "to the nearest level):\n\n"
             f"| image | PSNR (dB) | MSE |\n|---|---:|---:|\n{rows}\n\n![denoising](denoise.png)\n")

@@ -52,7 +52,8 @@ import torch
 from torch import Tensor, nn
 
 from genlab.tasks.base import (
-    TaskConfig, TaskContext, TaskError, Unsupported, batches, require_images, save_rows, write_report,
+    TaskConfig, TaskContext, TaskError, Unsupported, batches, require_images, save_rows, stream_seed,
+    write_report,
 )
 from genlab.tasks.masks import make_mask, masked_errors, mean_fill, noise_fill, show_missing
 from genlab.tasks.registry import TASKS
@@ -101,7 +102,8 @@ def order_is_exact(order: Tensor, missing: Tensor) -> bool:
 
 
 @torch.no_grad()
-def fill_autoregressive(family: Any, nets: nn.ModuleDict, x: Tensor, missing: Tensor, cfg: Config | None = None) -> Tensor:
+def fill_autoregressive(family: Any, nets: nn.ModuleDict, x: Tensor, missing: Tensor,
+                        cfg: Config | None = None) -> Tensor:
     """Draw the missing dimensions one at a time in ``net.order()`` from ``P(x_d | x_{<d})`` at
     temperature 1, observed dimensions kept (module docstring)."""
     net = nets["net"]
@@ -143,7 +145,7 @@ def fill_diffusion(family: Any, nets: nn.ModuleDict, x: Tensor, missing: Tensor,
     from genlab.families.diffusion.samplers import Ancestral
 
     big_t = family.process.T
-    steps = cfg.steps or min(big_t, 100)
+    steps = min(big_t, 100) if cfg.steps is None else cfg.steps
     if not 1 <= steps <= big_t:
         raise TaskError(f"steps={steps} must be in 1..{big_t} (the model's diffusion timesteps)")
     process, sampler = family.process.respace(steps), Ancestral()
@@ -171,7 +173,7 @@ def fill_flow_matching(family: Any, nets: nn.ModuleDict, x: Tensor, missing: Ten
     from genlab.families.flow_matching.ode import CountedVelocity, ODESolver
 
     base = family.solver
-    steps = cfg.steps or base.steps
+    steps = base.steps if cfg.steps is None else cfg.steps
     if steps < 1:
         raise TaskError(f"steps={steps} must be >= 1 (ODE intervals)")
     path = family.objective.path
@@ -269,7 +271,8 @@ def run(ctx: TaskContext, cfg: Config) -> dict[str, Any]:
     require_images("inpaint", ctx, TASKS["inpaint"].families)
     levels = ctx.info.levels
     x, _ = ctx.real(cfg.split, cfg.n)
-    missing = make_mask(cfg.mask, len(x), tuple(ctx.info.shape), cfg.box_frac, cfg.random_p, cfg.seed).to(x.device)
+    missing = make_mask(cfg.mask, len(x), tuple(ctx.info.shape), cfg.box_frac, cfg.random_p,
+                        stream_seed(cfg.seed, "mask")).to(x.device)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     parts = [method.fill(ctx.family, ctx.nets, xb, mb, cfg)
@@ -277,7 +280,7 @@ def run(ctx: TaskContext, cfg: Config) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     filled = torch.where(missing, torch.cat(parts).to(x.dtype), x)  # the invariant: observed pixels untouched
     baseline = mean_fill(x, missing, levels)
-    noise = noise_fill(x, missing, levels, torch.Generator().manual_seed(cfg.seed))
+    noise = noise_fill(x, missing, levels, torch.Generator().manual_seed(stream_seed(cfg.seed, "noise_fill")))
     metrics = {name: masked_errors(img, x, missing, levels)
                for name, img in (("model", filled), ("mean_fill", baseline), ("noise_fill", noise))}
     exact = method.exact(ctx.nets, missing) if method.exact else None
@@ -313,11 +316,13 @@ def _summary(r: dict[str, Any]) -> list[str]:
 def _markdown(r: dict[str, Any]) -> str:
     exact = {None: "", True: " — exact conditional", False: " — not exact (observed pixels after a missing one "
              "in the generation order are ignored; use mask=bottom for the exact conditional)"}[r["exact"]]
-    rows = "\n".join(f"| {name} | {m['mse']:.4f} | {m['mae']:.4f} | {m['psnr']:.2f} |" for name, m in r["metrics"].items())
+    rows = "\n".join(f"| {name} | {m['mse']:.4f} | {m['mae']:.4f} | {m['psnr']:.2f} |"
+                     for name, m in r["metrics"].items())
     return (f"# Inpainting: {r['family']}\n\n"
             f"Method: {r['method']}{exact}.\n\n"
-            f"Checkpoint `{r['checkpoint']}`; {r['n']} images of {r['dataset']}/{r['split']}; mask `{r['mask']['kind']}` "
-            f"({100 * r['mask']['missing_fraction']:.1f}% of the pixels missing); {r['seconds']:.1f} s.\n\n"
+            f"Checkpoint `{r['checkpoint']}`; {r['n']} images of {r['dataset']}/{r['split']}; "
+            f"mask `{r['mask']['kind']}` "
+            f"({100 * r['mask']['missing_fraction']:.1f}% of the pixels missing); {r['seconds']:.2f} s.\n\n"
             "Errors on the masked pixels, values in [0, 1] (`mean_fill`: the mean of each image's observed "
             "pixels; `noise_fill`: uniform random levels):\n\n"
             "| fill | MSE | MAE | PSNR (dB) |\n|---|---:|---:|---:|\n"
