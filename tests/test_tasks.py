@@ -203,3 +203,19 @@ def test_an_ebm_on_images_scores_by_its_energy(trained_run, tmp_path):
     report = json.loads((tmp_path / "anomaly.json").read_text())
     assert report["score"] == "energy" and report["nll_kind"] is None and "log Z" in report["unit"]
     assert report["auroc"]["noise"] > 0.9  # contrastive divergence pushes the energy of noise up first
+
+
+def test_text_anomaly_by_a_char_transformer_and_image_tasks_refuse_text(trained_run, tmp_path, capsys):
+    # the same tiny run as tests/test_task_compress.py (trained once per session)
+    ckpt = trained_run("transformer_text_tiny", "model=transformer", "dataset=text", "dataset.block_size=24",
+                       "callbacks.samples.every_n_epochs=1000", "++trainer.limit_val_batches=2",
+                       "++trainer.limit_test_batches=2", "trainer.max_steps=30", "model.net.d_model=16",
+                       "model.net.n_layers=1", "model.net.n_heads=2")["checkpoint"]
+    assert main(["anomaly", f"ckpt={ckpt}", f"out={tmp_path}", "n=40", "ood=[noise,shuffled]"]) == 0
+    report = json.loads((tmp_path / "anomaly.json").read_text())
+    assert report["nll_kind"] == "exact" and report["unit"] == "bits/char"
+    assert report["auroc"]["noise"] > 0.9  # uniform random characters vs text
+    assert main(["anomaly", f"ckpt={ckpt}", f"out={tmp_path}", "ood=[rotated]"]) == 2
+    assert "not defined for text data" in capsys.readouterr().err
+    assert main(["interpolate", f"ckpt={ckpt}", f"out={tmp_path}"]) == 2
+    assert "needs image data, not text" in capsys.readouterr().err
