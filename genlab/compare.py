@@ -221,7 +221,12 @@ def plot_montage(runs: list[dict[str, Any]], path: Path, k: int = 10) -> Path | 
             ax.set_ylabel(r["family"], rotation=0, ha="right", va="center", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
+    if points:
+        fig.tight_layout()
+    else:  # keep room on the left for the longest family name (tight_layout alone clips it)
+        width = fig.get_size_inches()[0]
+        longest = max(len(r["family"]) for r, _ in rows)
+        fig.tight_layout(rect=(min(0.4, (0.07 * longest + 0.15) / width), 0, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
