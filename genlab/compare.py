@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid
 
-COLUMNS = ["family", "model", "loss", "params", "nll_bpd", "nll_kind", "fd", "kid", "precision", "recall",
+COLUMNS = ["family", "model", "loss", "params", "nll_bpd", "nll_kind", "fd", "kid", "precision", "recall", "confident",
            "samples_per_s", "train_s"]
 SAMPLE_COLUMNS = ("mode_coverage", "high_quality")  # results.json sample_metrics shown when present
 FAMILY_ORDER = ["autoregressive", "vae", "flow", "diffusion", "flow_matching", "gan", "ebm"]
@@ -93,7 +93,7 @@ def row(r: dict[str, Any]) -> dict[str, Any]:
         "model": r.get("model"), "loss": r.get("loss"), "params": r.get("params"),
         "nll_bpd": t.get("nll_bpd") if has_nll else None, "nll_kind": t.get("nll_kind", "none"),
         "fd": q.get("fd"), "kid": q.get("kid"), "precision": q.get("precision"), "recall": q.get("recall"),
-        "samples_per_s": samples_per_s, "train_s": r.get("train_seconds"),
+        "confident": q.get("confident_share"), "samples_per_s": samples_per_s, "train_s": r.get("train_seconds"),
     }
 
 
@@ -107,7 +107,8 @@ def write_tables(runs: list[dict[str, Any]], floor: dict[str, Any] | None, out: 
     extra = []
     if floor is not None:
         extra.append({"family": "real data (val split)", "model": "—", "nll_kind": "—", "fd": floor["fd"],
-                      "kid": floor["kid"], "precision": floor["precision"], "recall": floor["recall"]})
+                      "kid": floor["kid"], "precision": floor["precision"], "recall": floor["recall"],
+                      "confident": floor.get("confident_share")})
     if data.get("entropy_bpd") is not None:
         extra.append({"family": "true entropy", "model": "—", "nll_bpd": data["entropy_bpd"], "nll_kind": "exact"})
     with open(out / "comparison.csv", "w", newline="") as f:
@@ -121,7 +122,8 @@ def write_tables(runs: list[dict[str, Any]], floor: dict[str, Any] | None, out: 
              "NLL kinds: exact (a true likelihood), bound (an upper bound on the NLL), estimate (stochastic). "
              "'—': the family has no likelihood / the value does not exist. FD, KID, precision and recall are "
              "measured against held-out test images in the features of a classifier trained on the dataset's "
-             "train split; 'real data' is the floor: held-out validation images scored the same way.", "",
+             "train split; confident: the share of samples it classifies with probability >= 0.9; 'real data' is "
+             "the floor: held-out validation images scored the same way.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_fmt(rr.get(c)) for c in columns) + " |" for rr in rows + extra]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
