@@ -136,7 +136,10 @@ class GenerativeModule(L.LightningModule):
     # -- evaluation ----------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._reseed(10**9 + batch_idx)
-        ll = self.family.log_likelihood(self.nets, batch, stage=stage)
+        # likelihoods in full precision whatever trainer.precision trains in (bf16-mixed autocasts
+        # the steps): a bound or an exact NLL must not depend on the training speed-up
+        with torch.autocast(self.device.type, enabled=False):
+            ll = self.family.log_likelihood(self.nets, batch, stage=stage)
         if ll is None:
             return
         self.nll[stage].update(-ll.log_px.double())
@@ -183,7 +186,8 @@ class GenerativeModule(L.LightningModule):
         self.eval()
         if seed is not None:
             torch.manual_seed(seed)
-        x = self.family.sample(self.nets, n)
+        with torch.autocast(self.device.type, enabled=False):
+            x = self.family.sample(self.nets, n)
         self.train(was_training)
         return x
 

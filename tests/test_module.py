@@ -11,6 +11,7 @@ from torch import nn
 
 from genlab.data.toy import ToyDataModule
 from genlab.families.base import Family, LossOutput
+from genlab.metrics.likelihood import LogLikelihood
 from genlab.module import GenerativeModule, TrainingDivergedError
 
 
@@ -87,3 +88,46 @@ def test_ema_decay_warms_up_then_stays_at_its_setting():
     assert avg.item() == pytest.approx(1 - 0.1 * (2 / 11) * (3 / 12))
     late = warm_ema(torch.zeros(1), torch.ones(1), torch.tensor(10**6), decay=0.999)
     assert late.item() == pytest.approx(0.001)
+
+
+class DtypeProbe(Family):
+    """A linear 'model' that records the dtype its matmul runs in, in training and evaluation."""
+
+    name = "dtype_probe"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dtypes: dict[str, set] = {"train": set(), "eval": set(), "sample": set()}
+
+    def build(self, info):
+        return nn.ModuleDict({"f": nn.Linear(info.dims, 1)})
+
+    def _out(self, nets, batch, stage):
+        y = nets["f"](batch["x"].float().flatten(1))
+        self.dtypes[stage].add(y.dtype)
+        return y
+
+    def loss(self, nets, batch, group=None):
+        return LossOutput(self._out(nets, batch, "train").float().pow(2).mean(), {})
+
+    def log_likelihood(self, nets, batch, stage="val"):
+        return LogLikelihood(-self._out(nets, batch, "eval").squeeze(1).float().pow(2), "exact")
+
+    def sample(self, nets, n):
+        x = torch.zeros(n, nets["f"].in_features)
+        self._out(nets, {"x": x}, "sample")
+        return x
+
+
+def test_bf16_mixed_trains_in_bf16_but_evaluates_and_samples_in_fp32(tmp_path):
+    family = DtypeProbe()
+    dm = ToyDataModule(batch_size=16, seed=0)
+    module = GenerativeModule(family, dm.info, functools.partial(torch.optim.SGD, lr=0.01))
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=1, num_sanity_val_steps=0,
+                        accelerator="cpu", precision="bf16-mixed", default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm)
+    module.sample(3)
+    assert family.dtypes["train"] == {torch.bfloat16}  # autocast is really on in the steps
+    assert family.dtypes["eval"] == {torch.float32} and family.dtypes["sample"] == {torch.float32}
