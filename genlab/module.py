@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import Timer
 import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
@@ -127,11 +129,27 @@ class GenerativeModule(L.LightningModule):
             total = [max(1, int(total * schedule.count(g) / len(schedule))) for g in groups]
         else:
             total = [total] * len(optimizers)
+        extra = {}
+        if self._time_budget() is not None and _accepts(self.scheduler_factory, "time_progress"):
+            extra["time_progress"] = self.time_progress  # a max_time run: decay over the time budget
         schedulers = [
-            {"scheduler": self.scheduler_factory(opt, total_steps=t), "interval": "step"}
+            {"scheduler": self.scheduler_factory(opt, total_steps=t, **extra), "interval": "step"}
             for opt, t in zip(optimizers, total)
         ]
         return optimizers, schedulers
+
+    def _time_budget(self) -> Timer | None:
+        trainer = self._trainer
+        timers = [c for c in (trainer.callbacks if trainer is not None else []) if isinstance(c, Timer)]
+        return timers[0] if timers and timers[0].time_remaining() is not None else None
+
+    def time_progress(self) -> float:
+        """The share (0..1) of the trainer's time budget (``max_time``) spent; 0 without one."""
+        timer = self._time_budget()
+        if timer is None:
+            return 0.0
+        spent, left = timer.time_elapsed("train"), timer.time_remaining("train")
+        return min(1.0, spent / max(spent + left, 1e-9))
 
     # -- evaluation ----------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -197,6 +215,15 @@ class GenerativeModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.history = list(checkpoint.get("genlab_history", []))
+
+
+def _accepts(factory: Callable[..., Any], name: str) -> bool:
+    """Whether ``factory`` (a function or a ``functools.partial`` of one) takes keyword ``name``."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _as_list(x: Any) -> list:

@@ -131,3 +131,35 @@ def test_bf16_mixed_trains_in_bf16_but_evaluates_and_samples_in_fp32(tmp_path):
     module.sample(3)
     assert family.dtypes["train"] == {torch.bfloat16}  # autocast is really on in the steps
     assert family.dtypes["eval"] == {torch.float32} and family.dtypes["sample"] == {torch.float32}
+
+
+def test_warmup_cosine_decays_over_the_time_budget_when_it_ends_first():
+    from genlab.optim import warmup_cosine
+
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    spent = {"share": 0.0}
+    sched = warmup_cosine(opt, total_steps=10**6, warmup_steps=0, min_ratio=0.1, time_progress=lambda: spent["share"])
+    for share, expected in [(0.25, 0.1 + 0.9 * 0.5 * (1 + 2**-0.5)), (0.5, 0.55), (1.0, 0.1), (2.0, 0.1)]:
+        spent["share"] = share
+        sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected)
+    # no time budget and an unknown step budget: constant after warm-up
+    opt2 = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched2 = warmup_cosine(opt2, total_steps=float("inf"), warmup_steps=2)
+    lrs = [opt2.param_groups[0]["lr"]] + [(sched2.step(), opt2.param_groups[0]["lr"])[1] for _ in range(4)]
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 1.0, 1.0])
+
+
+def test_a_max_time_run_anneals_the_learning_rate_by_the_end_of_its_budget(tmp_path):
+    from genlab.optim import warmup_cosine
+
+    dm = ToyDataModule(batch_size=16, seed=0)
+    module = GenerativeModule(DtypeProbe(), dm.info, functools.partial(torch.optim.SGD, lr=0.01),
+                              scheduler=functools.partial(warmup_cosine, warmup_steps=0, min_ratio=0.1))
+    trainer = L.Trainer(max_epochs=10**6, max_time={"seconds": 2}, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step > 20 and module.time_progress() >= 1.0
+    # the step budget (10^6 epochs) is far away; the time budget set the decay
+    assert 0.001 <= trainer.optimizers[0].param_groups[0]["lr"] < 0.0015
