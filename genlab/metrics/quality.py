@@ -247,19 +247,20 @@ def discrete(split: Any, seed: int = 0) -> Tensor:
     return split.transform(split.x, torch.Generator().manual_seed(seed)) if split.transform else split.x
 
 
-def _subset(split: Any, n: int, seed: int) -> Tensor:
+def split_subset(split: Any, n: int, seed: int) -> Tensor:
+    """``n`` examples of a split (a seeded random subset, as the model sees them)."""
     x = discrete(split, seed)
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
 def reference_set(dm: Any, n: int, seed: int = 0) -> Tensor:
     """``n`` test images (a seeded subset): the real reference that samples are compared with."""
-    return _subset(dm.splits["test"], n, seed)
+    return split_subset(dm.splits["test"], n, seed)
 
 
 def real_floor(clf: FeatureClassifier, dm: Any, n: int, seed: int = 0) -> dict[str, Any]:
     """The metrics of other held-out real images (validation split) against the reference: the floor."""
-    return quality_metrics(clf, reference_set(dm, n, seed), _subset(dm.splits["val"], n, seed + 1))
+    return quality_metrics(clf, reference_set(dm, n, seed), split_subset(dm.splits["val"], n, seed + 1))
 
 
 # -- Inception metrics, only with local weights ------------------------------------------------
