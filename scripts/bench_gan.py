@@ -11,12 +11,16 @@ Runs ``genlab-train experiment=gan_mnist``, rebuilds the run from its last check
 (:func:`genlab.builders.load_run`), draws ``--num-samples`` images from the generator EMA with a
 fixed seed and writes ``<run>/bench_samples.png`` (a grid of the first 100) and
 ``<run>/bench_samples.pt`` (uint8 ``(N, 1, 28, 28)``), then prints one markdown table row.
+With discriminator rejection sampling on (the experiment's default), also
+``<run>/bench_samples_drs.{png,pt}``: the same number of samples through the calibrated
+discriminator (Azadi et al. 2019), and a second row.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -27,17 +31,25 @@ from genlab.builders import load_run
 from genlab.callbacks.samples import image_grid
 
 
-def sample_from_checkpoint(ckpt: str, n: int, seed: int, out: Path) -> tuple[Path, Path, float]:
-    """Draw ``n`` samples from the run in ``ckpt``; write the PNG grid and the ``.pt``; return
-    their paths and the sampling rate (images per second)."""
+def sample_from_checkpoint(ckpt: str, n: int, seed: int, out: Path) -> list[tuple[str, Path, Path, float]]:
+    """Draw ``n`` samples from the run in ``ckpt``; write the PNG grid and the ``.pt``. A run
+    with discriminator rejection sampling (``model.rejection_sampling=true``, calibrated) gets
+    both: plain generator samples at ``out`` and rejection samples at ``out`` + ``_drs``.
+    Returns ``(kind, png, pt, images per second)`` for each."""
     module, datamodule = load_run(ckpt)
-    t0 = time.perf_counter()
-    x = module.sample(n, seed=seed)
-    rate = n / (time.perf_counter() - t0)
-    png, pt = out.with_suffix(".png"), out.with_suffix(".pt")
-    save_image(image_grid(x[:100], datamodule.info.levels, nrow=10), png)
-    torch.save(x.cpu(), pt)
-    return png, pt, rate
+    rejection = module.nets["rejection"] if "rejection" in module.nets else None
+    kinds = [("plain", out)] + ([("drs", out.with_name(out.name + "_drs"))] if rejection is not None and rejection.ready else [])
+    written = []
+    for kind, path in kinds:
+        with rejection.disabled() if kind == "plain" and rejection is not None else nullcontext():
+            t0 = time.perf_counter()
+            x = module.sample(n, seed=seed)
+            rate = n / (time.perf_counter() - t0)
+        png, pt = path.with_suffix(".png"), path.with_suffix(".pt")
+        save_image(image_grid(x[:100], datamodule.info.levels, nrow=10), png)
+        torch.save(x.cpu(), pt)
+        written.append((kind, png, pt, rate))
+    return written
 
 
 def main() -> int:
@@ -49,14 +61,17 @@ def main() -> int:
     if r is None:
         return 2
     ckpt = r["checkpoints"]["last"] or r["checkpoint"]
-    png, pt, rate = sample_from_checkpoint(ckpt, a.num_samples, a.seed, Path(r["path"]).parent / "bench_samples")
+    written = sample_from_checkpoint(ckpt, a.num_samples, a.seed, Path(r["path"]).parent / "bench_samples")
     steps, secs = r["global_step"], r["train_seconds"]
     n_critic = r["config"]["loss"].get("n_critic", 1)
-    print_table(
-        ["model", "data", "loss", "budget", "epochs", "steps (D+G)", "G steps/s", "samples/s", "NLL", "samples"],
-        [f"{r['model']} ({r['params']:,} params incl. EMA)", r["dataset"], r["loss"], f"{a.minutes} min CPU",
-         r["epochs"], steps, f"{steps / (n_critic + 1) / secs:.2f}", f"{rate:.0f}", r["test"]["nll_kind"],
-         f"{pt} ({a.num_samples} x uint8), {png}"], r)
+    for kind, png, pt, rate in written:
+        print_table(
+            ["model", "data", "loss", "budget", "epochs", "steps (D+G)", "G steps/s", "sampler", "samples/s", "NLL",
+             "samples"],
+            [f"{r['model']} ({r['params']:,} params incl. EMA)", r["dataset"], r["loss"], f"{a.minutes} min CPU",
+             r["epochs"], steps, f"{steps / (n_critic + 1) / secs:.2f}",
+             "discriminator rejection" if kind == "drs" else "generator EMA", f"{rate:.0f}", r["test"]["nll_kind"],
+             f"{pt} ({a.num_samples} x uint8), {png}"], r)
     return 0
 
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env python
-"""Sampling-time checks of a trained GAN: the truncation trick and the raw generator vs its EMA.
+"""Sampling-time checks of a trained GAN: the truncation trick, the raw generator vs its EMA, and
+discriminator rejection sampling at several quantiles.
 
     python scripts/gan_sampling_checks.py <checkpoint.ckpt> [--n 1000] [--cache-dir DIR] [key=value ...]
 
 For each setting, draws ``--n`` samples (seed 0) and prints the in-domain quality metrics
 (:mod:`genlab.metrics.quality`: FD, precision, recall, confident share, class range) against
 held-out test images. Truncation (Brock et al. 2019) draws ``z`` from a standard normal
-truncated to ``[-a, a]``.
+truncated to ``[-a, a]``. Discriminator rejection sampling (Azadi et al. 2019,
+:mod:`genlab.families.gan.rejection`) is calibrated here on 1,000 validation images for each
+quantile ``M`` (``--drs-quantiles``), whether or not the run was trained with it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import sys
 import torch
 
 from genlab.builders import load_run
-from genlab.metrics.quality import get_classifier, quality_metrics, reference_set
+from genlab.families.gan.rejection import RejectionCalibration
+from genlab.metrics.quality import get_classifier, quality_metrics, reference_set, split_subset
 
 
 @torch.no_grad()
@@ -33,6 +37,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt")
     p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--drs-quantiles", type=float, nargs="*", default=[0.8, 0.95, 0.99],
+                   help="rejection-sampling bounds M to try (quantiles of the generated log-ratios)")
     p.add_argument("--cache-dir", default=None, help="feature-classifier cache (default <data_dir>/genlab_classifiers)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.data_dir=../shared/data")
     a = p.parse_intermixed_args()
@@ -43,15 +49,32 @@ def main() -> int:
         return 2
     clf, _ = get_classifier(dm, a.cache_dir or f"{module.run_config['paths']['data_dir']}/genlab_classifiers")
     ref = reference_set(dm, a.n)
-    print("| generator | truncation | FD | precision | recall | confident (>= 0.9) | class range |")
-    print("|---|---|---|---|---|---|---|")
+    print("| generator | truncation | rejection (quantile, acceptance) | FD | precision | recall | confident (>= 0.9) "
+          "| class range |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def row(name: str, trunc: float | None, drs: str, x: torch.Tensor) -> None:
+        q = quality_metrics(clf, ref, x)
+        print(f"| {name} | {trunc or '-'} | {drs} | {q['fd']:.1f} | {q['precision']:.3f} | {q['recall']:.3f} | "
+              f"{100 * q['confident_share']:.1f}% | {100 * min(q['class_hist']):.0f}%-{100 * max(q['class_hist']):.0f}% |",
+              flush=True)
+
+    trained_drs = nets["rejection"] if "rejection" in nets else None
+    nets.eval()
     settings = [("generator_ema", None), ("generator", None)] + [("generator_ema", t) for t in (1.5, 1.0, 0.7)]
     for name, trunc in settings:
-        if name not in nets:
-            continue
-        q = quality_metrics(clf, ref, draw(family, nets[name].eval(), a.n, trunc))
-        print(f"| {name} | {trunc or '-'} | {q['fd']:.1f} | {q['precision']:.3f} | {q['recall']:.3f} | "
-              f"{100 * q['confident_share']:.1f}% | {100 * min(q['class_hist']):.0f}%-{100 * max(q['class_hist']):.0f}% |")
+        if name in nets:
+            row(name, trunc, "-", draw(family, nets[name], a.n, trunc))
+    calibration_set = split_subset(dm.splits["val"], 1000, 8765)
+    for quantile in a.drs_quantiles:
+        nets["rejection"] = RejectionCalibration(quantile)
+        torch.manual_seed(8765)
+        fit = family.calibrate_rejection(nets, calibration_set)
+        torch.manual_seed(0)
+        row("generator_ema" if "generator_ema" in nets else "generator", None,
+            f"{quantile:g}, {fit['acceptance']:.2f}", family.sample(nets, a.n))
+    if trained_drs is not None:
+        nets["rejection"] = trained_drs
     return 0
 
 

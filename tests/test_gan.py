@@ -258,3 +258,25 @@ def test_discriminator_collapse_stops_the_run_and_keeps_the_last_good_checkpoint
     x = module.sample(16, seed=0)
     assert x.dtype == torch.uint8 and x.shape == (16, 2)
     assert all(torch.isfinite(v).all() for v in module.state_dict().values() if v.is_floating_point())
+
+
+def test_the_mnist_benchmark_experiment_trains_calibrates_and_writes_both_samplers(make_cfg, fake_data, tmp_path):
+    """experiment=gan_mnist (hinge, SN, bf16-mixed, cosine lr, rejection sampling) on tiny fake
+    MNIST files, then the benchmark script's sampling step: plain and rejection samples."""
+    import importlib.util
+    from pathlib import Path
+
+    results = run(make_cfg("experiment=gan_mnist", f"paths.data_dir={fake_data['root']}", "dataset.download=false",
+                           "trainer.max_steps=4", "trainer.max_time=null", "model.generator.channels=4",
+                           "model.discriminator.channels=4", "callbacks.progress_bar=null", "callbacks.gan_rejection.n=16"))
+    cfg = results["config"]
+    assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["loss"]["_target_"].endswith("Hinge")
+    assert results["global_step"] == 4 and results["test"] == {"nll_kind": "none"}
+    spec = importlib.util.spec_from_file_location("bench_gan", Path(__file__).parents[1] / "scripts" / "bench_gan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    written = bench.sample_from_checkpoint(results["checkpoints"]["last"], 12, 0, tmp_path / "bench_samples")
+    assert [kind for kind, *_ in written] == ["plain", "drs"]
+    for _, png, pt, rate in written:
+        x = torch.load(pt)
+        assert png.is_file() and x.shape == (12, 1, 28, 28) and x.dtype == torch.uint8 and rate > 0

@@ -27,7 +27,8 @@ Two practical steps, both as in the paper:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -122,6 +123,16 @@ class RejectionCalibration(nn.Module):
                             ("calibrated", 1.0)):
             getattr(self, name).fill_(value)
         return {"scale": a, "bias": b, "bound": bound, "acceptance": acceptance}
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Plain sampling inside the block (for side-by-side comparisons); restored after."""
+        saved = self.calibrated.clone()
+        self.calibrated.zero_()
+        try:
+            yield
+        finally:
+            self.calibrated.copy_(saved)
 
     def log_ratio(self, scores: Tensor) -> Tensor:
         return self.scale.to(scores.dtype) * scores + self.bias.to(scores.dtype)
