@@ -184,12 +184,21 @@ def test_rejection_sampling_gan_is_calibrated_at_validation_and_raises_sample_qu
                            "model.rejection_sampling=true", "trainer.max_steps=800"))
     module, dm = load_run(results["checkpoints"]["last"])
     cal = module.nets["rejection"]
-    assert cal.ready and 0.05 < cal.acceptance.item() < 1 and cal.scale.item() != 0
+    assert cal.ready_for(module.nets["discriminator"]) and 0.05 < cal.acceptance.item() < 1 and cal.scale.item() != 0
     drs = dm.sample_metrics(module.sample(2000, seed=0))
-    cal.calibrated.fill_(0)  # uncalibrated: plain samples of the generator EMA
-    plain = dm.sample_metrics(module.sample(2000, seed=0))
+    with cal.disabled():  # plain samples of the generator EMA
+        plain = dm.sample_metrics(module.sample(2000, seed=0))
+        assert not cal.ready
+    assert cal.ready
     assert drs["high_quality"] > plain["high_quality"] + 0.05, (drs, plain)
     assert drs["modes_covered"] >= plain["modes_covered"] - 1
+    # a discriminator trained on after the calibration: stale, so plain samples and a warning
+    with torch.no_grad():
+        next(module.nets["discriminator"].parameters()).add_(0.01)
+    with pytest.warns(UserWarning, match="calibration was fitted for other discriminator weights"):
+        stale = module.sample(64, seed=0)
+    with cal.disabled():
+        assert torch.equal(stale, module.sample(64, seed=0))
 
 
 # -- training --------------------------------------------------------------------------------

@@ -30,26 +30,42 @@ class SampleMetrics(L.Callback):
 
 
 class RejectionCalibrator(L.Callback):
-    """Calibrates a GAN's discriminator rejection sampler (``model.rejection_sampling=true``) at
-    the end of every validation, before the checkpoints are written: ``n`` validation images
-    against ``n`` samples of the sampling generator (:meth:`GAN.calibrate_rejection`). Logs
-    ``val/drs_acceptance`` (the expected share of proposals kept). Does nothing for other
-    families or with rejection sampling off, so it sits in the default callbacks."""
+    """Calibrates a GAN's discriminator rejection sampler (``model.rejection_sampling=true``)
+    whenever samples or a checkpoint may follow a change of the discriminator: at the start of
+    every validation (so the validation's samples and the checkpoints written after it use a
+    calibration for the current discriminator), at the end of every training epoch (checkpoints
+    written there) and at the end of training. ``n`` validation images against ``n`` samples of
+    the sampling generator (:meth:`GAN.calibrate_rejection`); skipped while the calibration is
+    still for the current weights. Logs ``val/drs_acceptance`` (the expected share of proposals
+    kept). Does nothing for other families or with rejection sampling off, so it sits in the
+    default callbacks."""
 
     def __init__(self, n: int = 1000, seed: int = 8765) -> None:
         self.n, self.seed = n, seed
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _calibrate(self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = False) -> None:
         nets, dm = getattr(pl_module, "nets", None), trainer.datamodule
         if trainer.sanity_checking or nets is None or "rejection" not in nets or dm is None:
             return
-        from genlab.metrics.quality import split_subset
+        rejection = nets["rejection"]
+        if not rejection.ready_for(nets["discriminator"]):
+            from genlab.metrics.quality import split_subset
 
-        x = split_subset(dm.splits["val"], self.n, self.seed).to(pl_module.device)
-        was_training = pl_module.training
-        pl_module.eval()
-        with torch.random.fork_rng(devices=[]), torch.autocast(pl_module.device.type, enabled=False):
-            torch.manual_seed(self.seed)
-            fit = pl_module.family.calibrate_rejection(nets, x)
-        pl_module.train(was_training)
-        pl_module.log("val/drs_acceptance", fit["acceptance"], sync_dist=False)
+            x = split_subset(dm.splits["val"], self.n, self.seed).to(pl_module.device)
+            was_training = pl_module.training
+            pl_module.eval()
+            with torch.random.fork_rng(devices=[]), torch.autocast(pl_module.device.type, enabled=False):
+                torch.manual_seed(self.seed)
+                pl_module.family.calibrate_rejection(nets, x)
+            pl_module.train(was_training)
+        if log:
+            pl_module.log("val/drs_acceptance", rejection.acceptance.float(), sync_dist=False)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._calibrate(trainer, pl_module, log=True)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._calibrate(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._calibrate(trainer, pl_module)

@@ -23,6 +23,7 @@ No likelihood: ``nll_kind = "none"``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -112,6 +113,7 @@ class GAN(Family):
         self.rejection_sampling, self.rejection_quantile = rejection_sampling, rejection_quantile
         if rejection_sampling:
             RejectionCalibration(rejection_quantile)  # validates the quantile now, not at build time
+        self._warned_stale = False
         self.info: DataInfo | None = None
 
     # -- setup -----------------------------------------------------------------------
@@ -235,7 +237,8 @@ class GAN(Family):
         (discrete, ``(N, *shape)``) against as many samples of the sampling generator."""
         real = self.to_model(x)
         fake = self.generate(self.sampling_generator(nets), real.shape[0], real.device)
-        return nets["rejection"].calibrate(self.discriminate(nets, real), self.discriminate(nets, fake))
+        return nets["rejection"].calibrate(self.discriminate(nets, real), self.discriminate(nets, fake),
+                                           nets["discriminator"])
 
     @torch.no_grad()
     def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
@@ -245,6 +248,13 @@ class GAN(Family):
         device = next(nets.parameters()).device
         rejection = nets["rejection"] if "rejection" in nets else None
         if rejection is None or not rejection.ready:
+            return self.to_data(self.generate(generator, n, device))
+        if not rejection.ready_for(nets["discriminator"]):
+            if not self._warned_stale:
+                warnings.warn("GAN rejection sampling: the calibration was fitted for other discriminator weights "
+                              "(it is refitted at every validation); sampling without rejection until then",
+                              stacklevel=2)
+                self._warned_stale = True
             return self.to_data(self.generate(generator, n, device))
 
         def propose(m: int) -> tuple[Tensor, Tensor]:

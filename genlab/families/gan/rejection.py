@@ -103,24 +103,38 @@ class RejectionCalibration(nn.Module):
         if not 0.0 < quantile <= 1.0:
             raise ValueError(f"model.rejection_quantile must be in (0, 1] (1 = the maximum), got {quantile}")
         self.quantile = quantile
-        for name in ("scale", "bias", "bound", "acceptance", "calibrated"):
+        for name in ("scale", "bias", "bound", "acceptance", "calibrated", "fingerprint"):
             self.register_buffer(name, torch.zeros((), dtype=torch.float64))
+
+    @staticmethod
+    @torch.no_grad()
+    def fingerprint_of(discriminator: nn.Module) -> float:
+        """A scalar summary of the discriminator's weights: a calibration fitted for other
+        weights (the discriminator trained on after it) is stale."""
+        return float(sum(p.detach().double().sum() for p in discriminator.parameters()))
+
+    def ready_for(self, discriminator: nn.Module) -> bool:
+        """Calibrated, and for these discriminator weights."""
+        return bool(self.calibrated.item()) and self.fingerprint.item() == self.fingerprint_of(discriminator)
 
     @property
     def ready(self) -> bool:
         return bool(self.calibrated.item())
 
     @torch.no_grad()
-    def calibrate(self, real_scores: Tensor, fake_scores: Tensor) -> dict[str, float]:
+    def calibrate(self, real_scores: Tensor, fake_scores: Tensor, discriminator: nn.Module | None = None
+                  ) -> dict[str, float]:
         """Fit ``(scale, bias)`` on discriminator outputs of held-out real and generated data,
         set ``M`` to the ``quantile`` of the generated log-ratios; returns the fitted values and
-        the expected acceptance rate."""
+        the expected acceptance rate. ``discriminator``: the net that gave the scores (its
+        fingerprint is stored, see :meth:`ready_for`)."""
         a, b = fit_platt(real_scores, fake_scores)
         log_ratio = a * fake_scores.detach().double().flatten() + b
         bound = torch.quantile(log_ratio, self.quantile).item()
         acceptance = (log_ratio - bound).clamp(max=0.0).exp().mean().item()
+        fingerprint = self.fingerprint_of(discriminator) if discriminator is not None else 0.0
         for name, value in (("scale", a), ("bias", b), ("bound", bound), ("acceptance", acceptance),
-                            ("calibrated", 1.0)):
+                            ("calibrated", 1.0), ("fingerprint", fingerprint)):
             getattr(self, name).fill_(value)
         return {"scale": a, "bias": b, "bound": bound, "acceptance": acceptance}
 
