@@ -11,7 +11,7 @@ Runs ``genlab-train experiment=gan_mnist``, rebuilds the run from its last check
 (:func:`genlab.builders.load_run`), draws ``--num-samples`` images from the generator EMA with a
 fixed seed and writes ``<run>/bench_samples.png`` (a grid of the first 100) and
 ``<run>/bench_samples.pt`` (uint8 ``(N, 1, 28, 28)``), then prints one markdown table row.
-With discriminator rejection sampling on (the experiment's default), also
+With discriminator rejection sampling on (``model.rejection_sampling=true``), also
 ``<run>/bench_samples_drs.{png,pt}``: the same number of samples through the calibrated
 discriminator (Azadi et al. 2019), and a second row.
 """

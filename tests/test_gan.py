@@ -277,7 +277,8 @@ def test_the_mnist_benchmark_experiment_trains_calibrates_and_writes_both_sample
 
     results = run(make_cfg("experiment=gan_mnist", f"paths.data_dir={fake_data['root']}", "dataset.download=false",
                            "trainer.max_steps=4", "trainer.max_time=null", "model.generator.channels=4",
-                           "model.discriminator.channels=4", "callbacks.progress_bar=null", "callbacks.gan_rejection.n=16"))
+                           "model.discriminator.channels=4", "callbacks.progress_bar=null", "callbacks.gan_rejection.n=16",
+                           "model.rejection_sampling=true"))
     cfg = results["config"]
     assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["loss"]["_target_"].endswith("Hinge")
     assert results["global_step"] == 4 and results["test"] == {"nll_kind": "none"}
