@@ -154,7 +154,8 @@ def test_a_max_time_run_anneals_the_learning_rate_by_the_end_of_its_budget(tmp_p
     from genlab.optim import warmup_cosine
 
     dm = ToyDataModule(batch_size=16, seed=0)
-    module = GenerativeModule(DtypeProbe(), dm.info, functools.partial(torch.optim.SGD, lr=0.01),
+    lr = 1e-6  # small enough that SGD on the probe's quadratic loss never diverges, however many steps
+    module = GenerativeModule(DtypeProbe(), dm.info, functools.partial(torch.optim.SGD, lr=lr),
                               scheduler=functools.partial(warmup_cosine, warmup_steps=0, min_ratio=0.1))
     trainer = L.Trainer(max_epochs=10**6, max_time={"seconds": 2}, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -162,4 +163,4 @@ def test_a_max_time_run_anneals_the_learning_rate_by_the_end_of_its_budget(tmp_p
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step > 20 and module.time_progress() >= 1.0
     # the step budget (10^6 epochs) is far away; the time budget set the decay
-    assert 0.001 <= trainer.optimizers[0].param_groups[0]["lr"] < 0.0015
+    assert 0.1 * lr <= trainer.optimizers[0].param_groups[0]["lr"] < 0.15 * lr

@@ -210,7 +210,9 @@ class Diffusion(Family):
     # -- the reverse process ---------------------------------------------------------------------
     def net_output(self, nets: nn.ModuleDict, process: GaussianDiffusion, x_t: Tensor, t: Tensor) -> Tensor:
         """Raw network output at ``(x_t, t)``: ``(B, C, ...)``, or ``(B, 2C, ...)`` with learned variances."""
-        return nets["net"](x_t, process.net_time(t)).float()  # fp32 maths after a bf16-autocast net
+        out = nets["net"](x_t, process.net_time(t))
+        # fp32 maths after a bf16-autocast net; float64 (the closed-form tests) stays float64
+        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
 
     def split_output(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
         """Network output -> (prediction, variance interpolation ``v`` or None)."""
