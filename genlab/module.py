@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning as L
@@ -197,17 +198,24 @@ class GenerativeModule(L.LightningModule):
         self._eval_epoch_end("test")
 
     # -- sampling / checkpoints ---------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, n: int, seed: int | None = None) -> Tensor:
-        """``n`` samples in data space, in eval mode, optionally with a fixed seed."""
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """Eval mode, no gradients, fp32 whatever ``trainer.precision`` trains in; the
+        training mode is restored after."""
         was_training = self.training
         self.eval()
-        if seed is not None:
-            torch.manual_seed(seed)
-        with torch.autocast(self.device.type, enabled=False):
-            x = self.family.sample(self.nets, n)
-        self.train(was_training)
-        return x
+        try:
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+                yield
+        finally:
+            self.train(was_training)
+
+    def sample(self, n: int, seed: int | None = None) -> Tensor:
+        """``n`` samples in data space, in eval mode, optionally with a fixed seed."""
+        with self.inference():
+            if seed is not None:
+                torch.manual_seed(seed)
+            return self.family.sample(self.nets, n)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["genlab_config"] = self.run_config

@@ -38,7 +38,9 @@ def sample_from_checkpoint(ckpt: str, n: int, seed: int, out: Path) -> list[tupl
     Returns ``(kind, png, pt, images per second)`` for each."""
     module, datamodule = load_run(ckpt)
     rejection = module.nets["rejection"] if "rejection" in module.nets else None
-    kinds = [("plain", out)] + ([("drs", out.with_name(out.name + "_drs"))] if rejection is not None and rejection.ready else [])
+    kinds = [("plain", out)]
+    if rejection is not None and rejection.ready:
+        kinds.append(("drs", out.with_name(out.name + "_drs")))
     written = []
     for kind, path in kinds:
         with rejection.disabled() if kind == "plain" and rejection is not None else nullcontext():

@@ -20,8 +20,9 @@ import sys
 import torch
 
 from genlab.builders import load_run
+from genlab.families.gan.callbacks import calibration_images
 from genlab.families.gan.rejection import RejectionCalibration
-from genlab.metrics.quality import get_classifier, quality_metrics, reference_set, split_subset
+from genlab.metrics.quality import get_classifier, quality_metrics, reference_set
 
 
 @torch.no_grad()
@@ -59,22 +60,18 @@ def main() -> int:
               f"{100 * q['confident_share']:.1f}% | {100 * min(q['class_hist']):.0f}%-{100 * max(q['class_hist']):.0f}% |",
               flush=True)
 
-    trained_drs = nets["rejection"] if "rejection" in nets else None
     nets.eval()
     settings = [("generator_ema", None), ("generator", None)] + [("generator_ema", t) for t in (1.5, 1.0, 0.7)]
     for name, trunc in settings:
         if name in nets:
             row(name, trunc, "-", draw(family, nets[name], a.n, trunc))
-    calibration_set = split_subset(dm.splits["val"], 1000, 8765)
-    for quantile in a.drs_quantiles:
+    images = calibration_images(dm)
+    for quantile in a.drs_quantiles:  # replaces the run's own calibration, if any
         nets["rejection"] = RejectionCalibration(quantile)
         torch.manual_seed(8765)
-        fit = family.calibrate_rejection(nets, calibration_set)
-        torch.manual_seed(0)
+        fit = family.calibrate_rejection(nets, images)
         row("generator_ema" if "generator_ema" in nets else "generator", None,
-            f"{quantile:g}, {fit['acceptance']:.2f}", family.sample(nets, a.n))
-    if trained_drs is not None:
-        nets["rejection"] = trained_drs
+            f"{quantile:g}, {fit['acceptance']:.2f}", module.sample(a.n, seed=0))
     return 0
 
 

@@ -29,6 +29,14 @@ class SampleMetrics(L.Callback):
             pl_module.log_dict({f"val/{k}": float(v) for k, v in metrics.items()}, sync_dist=False)
 
 
+def calibration_images(dm, n: int = 1000, seed: int = 8765) -> torch.Tensor:
+    """The held-out real images that calibrate rejection sampling: ``n`` of the validation split
+    (a seeded subset; never the test images that samples are scored against)."""
+    from genlab.metrics.quality import split_subset
+
+    return split_subset(dm.splits["val"], n, seed)
+
+
 class RejectionCalibrator(L.Callback):
     """Calibrates a GAN's discriminator rejection sampler (``model.rejection_sampling=true``)
     whenever samples or a checkpoint may follow a change of the discriminator: at the start of
@@ -42,6 +50,7 @@ class RejectionCalibrator(L.Callback):
 
     def __init__(self, n: int = 1000, seed: int = 8765) -> None:
         self.n, self.seed = n, seed
+        self.images: torch.Tensor | None = None  # the calibration images, selected once
 
     def _calibrate(self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = False) -> None:
         nets, dm = getattr(pl_module, "nets", None), trainer.datamodule
@@ -49,15 +58,11 @@ class RejectionCalibrator(L.Callback):
             return
         rejection = nets["rejection"]
         if not rejection.ready_for(nets["discriminator"]):
-            from genlab.metrics.quality import split_subset
-
-            x = split_subset(dm.splits["val"], self.n, self.seed).to(pl_module.device)
-            was_training = pl_module.training
-            pl_module.eval()
-            with torch.random.fork_rng(devices=[]), torch.autocast(pl_module.device.type, enabled=False):
+            if self.images is None:
+                self.images = calibration_images(dm, self.n, self.seed).to(pl_module.device)
+            with pl_module.inference(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                pl_module.family.calibrate_rejection(nets, x)
-            pl_module.train(was_training)
+                pl_module.family.calibrate_rejection(nets, self.images)
         if log:
             pl_module.log("val/drs_acceptance", rejection.acceptance.float(), sync_dist=False)
 

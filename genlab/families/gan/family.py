@@ -110,10 +110,8 @@ class GAN(Family):
         self.betas = tuple(betas) if betas is not None else None
         self.ema_decay, self.dequantize = ema_decay, dequantize
         self.divergence_threshold = divergence_threshold
-        self.rejection_sampling, self.rejection_quantile = rejection_sampling, rejection_quantile
-        if rejection_sampling:
-            RejectionCalibration(rejection_quantile)  # validates the quantile now, not at build time
-        self._warned_stale = False
+        self.rejection_sampling = rejection_sampling
+        self.rejection_quantile = RejectionCalibration.check_quantile(rejection_quantile)
         self.info: DataInfo | None = None
 
     # -- setup -----------------------------------------------------------------------
@@ -249,12 +247,10 @@ class GAN(Family):
         rejection = nets["rejection"] if "rejection" in nets else None
         if rejection is None or not rejection.ready:
             return self.to_data(self.generate(generator, n, device))
-        if not rejection.ready_for(nets["discriminator"]):
-            if not self._warned_stale:
-                warnings.warn("GAN rejection sampling: the calibration was fitted for other discriminator weights "
-                              "(it is refitted at every validation); sampling without rejection until then",
-                              stacklevel=2)
-                self._warned_stale = True
+        if not rejection.ready_for(nets["discriminator"]):  # (shown once per call site)
+            warnings.warn("GAN rejection sampling: the calibration was fitted for other discriminator weights "
+                          "(it is refitted at every validation); sampling without rejection until then",
+                          stacklevel=2)
             return self.to_data(self.generate(generator, n, device))
 
         def propose(m: int) -> tuple[Tensor, Tensor]:

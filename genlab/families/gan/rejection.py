@@ -100,11 +100,15 @@ class RejectionCalibration(nn.Module):
 
     def __init__(self, quantile: float = 0.95) -> None:
         super().__init__()
-        if not 0.0 < quantile <= 1.0:
-            raise ValueError(f"model.rejection_quantile must be in (0, 1] (1 = the maximum), got {quantile}")
-        self.quantile = quantile
+        self.quantile = self.check_quantile(quantile)
         for name in ("scale", "bias", "bound", "acceptance", "calibrated", "fingerprint"):
             self.register_buffer(name, torch.zeros((), dtype=torch.float64))
+
+    @staticmethod
+    def check_quantile(quantile: float) -> float:
+        if not 0.0 < quantile <= 1.0:
+            raise ValueError(f"model.rejection_quantile must be in (0, 1] (1 = the maximum), got {quantile}")
+        return quantile
 
     @staticmethod
     @torch.no_grad()
