@@ -7,6 +7,7 @@ valid choices, found by asking every option of the ``model`` / ``loss`` config g
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab.data.base import DataInfo
 from genlab.families.base import Family, IncompatibleConfigError
+
+log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -139,8 +142,24 @@ def load_run(ckpt_path: str, map_location: str = "cpu", overrides: list[str] | N
     if "model" not in cfg:
         raise ValueError(f"{ckpt_path} is not a genlab checkpoint (no genlab_config); pass a run's checkpoints/*.ckpt")
     datamodule = instantiate(cfg.dataset)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    module = GenerativeModule(build_family(cfg), datamodule.info, instantiate(cfg.optimizer), scheduler, cfg.seed,
+    module = GenerativeModule(build_family(cfg), datamodule.info, instantiate(cfg.optimizer), build_scheduler(cfg), cfg.seed,
                               OmegaConf.to_container(cfg))
     module.load_state_dict(ckpt["state_dict"])
     return module.eval(), datamodule
+
+
+def build_scheduler(cfg: DictConfig) -> Any:
+    """The ``scheduler`` group's factory, or None for a constant learning rate.
+
+    ``scheduler=none`` is an empty group, but an experiment's settings for its default schedule
+    (e.g. ``scheduler: {warmup_steps: 0}``) are merged into it; a scheduler config without a
+    ``_target_`` therefore means "none", and those leftover settings are ignored with a note.
+    """
+    sch = cfg.get("scheduler")
+    if not sch:
+        return None
+    if "_target_" not in sch:
+        log.info("scheduler=none: constant learning rate; ignoring the experiment's schedule settings %s",
+                 dict(sch))
+        return None
+    return instantiate(sch)

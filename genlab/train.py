@@ -16,8 +16,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.builders import (CONFIG_DIR, build_callbacks_and_loggers, build_family, check_compatible, choices,
-                             sweep_group)
+from genlab.builders import (CONFIG_DIR, build_callbacks_and_loggers, build_family, build_scheduler,
+                             check_compatible, choices, sweep_group)
 from genlab.callbacks.samples import write_samples
 from genlab.data.base import DataError
 from genlab.families.base import IncompatibleConfigError
@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset)
     family = build_family(cfg)
     check_compatible(family, datamodule.info, chosen)
-    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    scheduler = build_scheduler(cfg)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     module = GenerativeModule(family, datamodule.info, instantiate(cfg.optimizer), scheduler, cfg.seed, run_config)
     callbacks, loggers = build_callbacks_and_loggers(cfg, module)

@@ -8,7 +8,7 @@ import torch
 from hydra.errors import HydraException
 from hydra.utils import instantiate
 
-from genlab.builders import build_family, check_compatible, group_options
+from genlab.builders import build_family, build_scheduler, check_compatible, group_options
 from genlab.families.base import Family, IncompatibleConfigError
 from genlab.train import run
 
@@ -54,6 +54,22 @@ def test_every_option_composes_and_instantiates(group, make_cfg, fake_data):
             assert dm.info.dims > 0 and dm.info.levels >= 2
         else:
             assert instantiate(node) is not None
+
+
+@pytest.mark.parametrize("experiment", ["gan_mnist", "ddpm_mnist"])
+def test_scheduler_none_overrides_an_experiments_schedule_settings(experiment, make_cfg):
+    """The experiments set their cosine schedule's warm-up; ``scheduler=none`` must still mean a
+    constant learning rate (it used to leave a config without ``_target_`` that crashed the run)."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    cfg = make_cfg(f"experiment={experiment}")
+    assert "warmup_steps" in cfg.scheduler
+    total = cfg.scheduler.warmup_steps + 100
+    sched = build_scheduler(cfg)(opt, total_steps=total)
+    for _ in range(total - 1):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(cfg.scheduler.min_ratio, rel=0.05)  # decayed
+    assert build_scheduler(make_cfg(f"experiment={experiment}", "scheduler=none")) is None
 
 
 def model_overrides(name: str) -> list[str]:
