@@ -99,6 +99,35 @@ def test_kl_terms_vanish_when_the_model_predicts_the_true_posterior(prediction, 
     assert float(normal_kl(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.zeros(1))) == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize("gamma", [None, 5.0])
+@pytest.mark.parametrize("objective", [SimpleLoss, HybridLoss])
+def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error_for_every_prediction(objective, gamma):
+    """For an error ``d`` in the implied ``x0``, the eps / x0 / v targets' squared errors are
+    ``SNR d^2``, ``d^2`` and ``(SNR + 1) d^2``; Min-SNR-gamma makes all three ``min(SNR, gamma) d^2``
+    (Hang et al. 2023, Eq. 7-9); without it the eps loss is ``SNR d^2`` (L_simple)."""
+    g = torch.Generator().manual_seed(1)
+    for prediction in PREDICTIONS:
+        fam, _ = _family(DataInfo("t", "image", (1, 2, 2), 17), prediction=prediction, timesteps=100)
+        p = fam.process
+        t = torch.tensor([0, 5, 30, 60, 99])
+        x0 = torch.rand(5, 1, 2, 2, generator=g, dtype=F64) * 2 - 1
+        eps = torch.randn(x0.shape, generator=g, dtype=F64)
+        d = 0.1 * torch.randn(x0.shape, generator=g, dtype=F64)
+        x_t = p.q_sample(x0, t, eps)
+        a, s = p.at("sqrt_ab", t, x0), p.at("sqrt_1m_ab", t, x0)
+        x0_hat = x0 + d
+        out = {"eps": (x_t - a * x0_hat) / s, "x0": x0_hat, "v": (a * x_t - x0_hat) / s}[prediction]
+        torch.testing.assert_close(fam.prediction.to_x0_eps(p, t, x_t, out)[0], x0_hat)  # implied x0
+        ab = p.tables["alpha_bar"][t]
+        snr = ab / (1 - ab)
+        assert snr.min() < 5 < snr.max()  # both sides of gamma
+        plain = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[prediction]
+        expected = (plain if gamma is None else snr.clamp(max=gamma)) * d.pow(2).flatten(1).mean(1)
+        torch.testing.assert_close(objective(min_snr_gamma=gamma).mse(fam, t, x0, eps, out), expected)
+    with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
+        objective(min_snr_gamma=0.0)
+
+
 # -- the discretised-Gaussian decoder ----------------------------------------------------------
 @pytest.mark.parametrize("levels", [2, 4, 17, 256])
 def test_decoder_probabilities_over_all_levels_sum_to_one(levels):

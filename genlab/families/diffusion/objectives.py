@@ -9,6 +9,12 @@
   (Eq. 15). ``L_vlb`` sees the mean through a stop-gradient, so the mean is trained by
   ``L_simple`` alone (Sec. 3.1). ``L_vlb = sum_t L_t`` is estimated from one uniform ``t`` per
   example as ``T L_t`` in bits/dim (as improved-diffusion's ``vb * T / 1000`` with ``lambda = 0.001``).
+
+Both take ``min_snr_gamma``: Min-SNR-gamma weighting of the MSE (Hang et al. 2023), which weighs each
+timestep's error in ``x0`` by ``min(SNR_t, gamma)`` instead of ``SNR_t`` (eps) — the low-noise steps,
+whose small errors hardly change a sample, stop dominating the gradient; the paper reports ~3x
+faster convergence with ``gamma = 5``. It changes which denoiser the finite network settles on,
+not the bound's definition (the NLL is evaluated as ever). ``None``: the plain MSE.
 """
 
 from __future__ import annotations
@@ -44,15 +50,36 @@ class DiffusionObjective:
         eps = torch.randn_like(x0)
         return t, eps, family.process.q_sample(x0, t, eps)
 
+    min_snr_gamma: float | None = None
+
     @staticmethod
-    def mse(family: Diffusion, t: Tensor, x0: Tensor, eps: Tensor, mean_out: Tensor) -> Tensor:
-        """Per-example mean squared error of the prediction's target, ``(B,)``."""
+    def _check_gamma(gamma: float | None) -> float | None:
+        if gamma is not None and not gamma > 0:
+            raise ValueError(f"min_snr_gamma must be > 0 (5 in Hang et al. 2023) or null for the plain MSE, got {gamma}")
+        return gamma
+
+    def mse(self, family: Diffusion, t: Tensor, x0: Tensor, eps: Tensor, mean_out: Tensor) -> Tensor:
+        """Per-example mean squared error of the prediction's target, ``(B,)``; Min-SNR weighted
+        (``min(SNR, gamma) / k(SNR)``, :meth:`Prediction.x0_mse_factor`) when ``min_snr_gamma`` is set."""
         target = family.prediction.target(family.process, t, x0, eps)
-        return (mean_out - target).pow(2).flatten(1).mean(1)
+        mse = (mean_out - target).pow(2).flatten(1).mean(1)
+        if self.min_snr_gamma is None:
+            return mse
+        ab = family.process.tables["alpha_bar"].to(t.device)[t]
+        snr = ab / (1 - ab)  # float64
+        weight = snr.clamp(max=self.min_snr_gamma) / family.prediction.x0_mse_factor(snr)
+        return mse * weight.to(mse.dtype)
 
 
 class SimpleLoss(DiffusionObjective):
-    """``L_simple`` (Ho et al. 2020, Eq. 14): MSE of the prediction target, fixed variances."""
+    """``L_simple`` (Ho et al. 2020, Eq. 14): MSE of the prediction target, fixed variances.
+
+    Args:
+        min_snr_gamma: Min-SNR-gamma weighting (module docstring); None: the plain MSE.
+    """
+
+    def __init__(self, min_snr_gamma: float | None = None) -> None:
+        self.min_snr_gamma = self._check_gamma(min_snr_gamma)
 
     def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
         t, eps, x_t = self.noisy_batch(family, x0)
@@ -66,14 +93,16 @@ class HybridLoss(DiffusionObjective):
 
     Args:
         vlb_weight: ``lambda`` (0.001 in the paper).
+        min_snr_gamma: Min-SNR-gamma weighting of the MSE term (module docstring); None: plain.
     """
 
     learns_variance = True
 
-    def __init__(self, vlb_weight: float = 0.001) -> None:
+    def __init__(self, vlb_weight: float = 0.001, min_snr_gamma: float | None = None) -> None:
         if vlb_weight < 0:
             raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}")
         self.vlb_weight = vlb_weight
+        self.min_snr_gamma = self._check_gamma(min_snr_gamma)
 
     def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
         t, eps, x_t = self.noisy_batch(family, x0)

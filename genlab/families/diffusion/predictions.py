@@ -8,11 +8,14 @@ With ``x_t = a x0 + s eps``, ``a = sqrt(alpha_bar_t)``, ``s = sqrt(1 - alpha_bar
   ``eps = s x_t + a v``.
 
 The regression target of ``loss=simple`` is the prediction's own quantity (the eps-MSE ``L_simple``
-of Ho et al. Eq. 14 for ``eps``).
+of Ho et al. Eq. 14 for ``eps``). For an error ``d`` in the implied ``x0``, the target's squared error
+is ``k(SNR) |d|^2`` with ``SNR = alpha_bar / (1 - alpha_bar)`` and ``k = SNR`` (eps), ``1`` (x0),
+``SNR + 1`` (v): :meth:`Prediction.x0_mse_factor`, used by the losses' Min-SNR weighting.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from genlab.families.diffusion.process import GaussianDiffusion
@@ -31,6 +34,10 @@ class Prediction:
         """``(x0, eps)`` implied by the network output ``out`` at ``x_t``."""
         raise NotImplementedError
 
+    def x0_mse_factor(self, snr: Tensor) -> Tensor:
+        """``k(SNR)``: the target's squared error per squared error of the implied ``x0``."""
+        raise NotImplementedError
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -42,6 +49,9 @@ class EpsPrediction(Prediction):
 
     def target(self, process: GaussianDiffusion, t: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
         return eps
+
+    def x0_mse_factor(self, snr: Tensor) -> Tensor:  # eps = (x_t - a x0) / s: error scaled by a / s
+        return snr
 
     def to_x0_eps(self, process: GaussianDiffusion, t: Tensor, x_t: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
         return process.x0_from_eps(x_t, t, out), out
@@ -55,6 +65,9 @@ class X0Prediction(Prediction):
     def target(self, process: GaussianDiffusion, t: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
         return x0
 
+    def x0_mse_factor(self, snr: Tensor) -> Tensor:
+        return torch.ones_like(snr)
+
     def to_x0_eps(self, process: GaussianDiffusion, t: Tensor, x_t: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
         return out, process.eps_from_x0(x_t, t, out)
 
@@ -66,6 +79,9 @@ class VPrediction(Prediction):
 
     def target(self, process: GaussianDiffusion, t: Tensor, x0: Tensor, eps: Tensor) -> Tensor:
         return process.at("sqrt_ab", t, x0) * eps - process.at("sqrt_1m_ab", t, x0) * x0
+
+    def x0_mse_factor(self, snr: Tensor) -> Tensor:  # x0 = a x_t - s v: error scaled by 1 / s^2 = SNR + 1
+        return snr + 1
 
     def to_x0_eps(self, process: GaussianDiffusion, t: Tensor, x_t: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
         a, s = process.at("sqrt_ab", t, x_t), process.at("sqrt_1m_ab", t, x_t)
