@@ -31,7 +31,7 @@ def draw(family, generator, n: int, truncation: float | None) -> torch.Tensor:
     z = torch.randn(n, family.latent_dim)
     if truncation:
         torch.nn.init.trunc_normal_(z, 0.0, 1.0, -truncation, truncation)
-    return family.to_data(torch.tanh(generator(z)).view(n, *family.info.shape))
+    return family.to_data(family.generate(generator, n, z.device, z=z))
 
 
 def main() -> int:

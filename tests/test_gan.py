@@ -5,6 +5,7 @@ discriminator rejection sampling (closed-form densities, Platt scaling, a traine
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,7 +103,7 @@ def test_dcgan_nets_are_sized_from_the_image_shape(shape, sn):
 def test_dcgan_with_spectral_norm_and_gradient_penalty_runs_end_to_end_on_digits(make_cfg):
     results = run(make_cfg("model=dcgan", "loss=wgan_gp", "loss.n_critic=1", "model.spectral_norm=true",
                            "model.generator.channels=4", "model.discriminator.channels=4", "trainer=debug",
-                           "num_samples=4"))
+                           "model.categorical_codes=3", "num_samples=4"))
     assert results["family"] == "gan" and results["global_step"] == 2 and results["test"] == {"nll_kind": "none"}
 
 
@@ -217,6 +218,30 @@ def test_ring_of_8_modes_covered_and_results_carry_no_likelihood(make_cfg, tmp_p
     assert {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"} <= set(rows[0])
 
 
+def test_infogan_codes_become_the_modes_of_the_ring_of_8(make_cfg):
+    """InfoGAN's categorical code (8 values, no labels): Q learns to read the code back (the
+    information bound ``H(c) - CE`` ends well above 0 nats), and each code's samples fall mostly
+    in one mode of the ring, different codes in different modes."""
+    results = run(make_cfg("experiment=gan_mixture2d", "callbacks.progress_bar=null", "model.categorical_codes=8"))
+    assert results["sample_metrics"]["modes_covered"] >= 7, results["sample_metrics"]
+    module, dm = load_run(results["checkpoints"]["last"])
+    fam, gen = module.family, module.family.sampling_generator(module.nets)
+    torch.manual_seed(0)
+    z = torch.randn(4000, fam.latent_dim)
+    code = torch.arange(4000) % 8
+    with torch.no_grad():
+        y = torch.tanh(gen(torch.cat([z, F.one_hot(code, 8).float()], 1)))
+    nearest = torch.cdist(dm.to_unit(fam.to_data(y)).double(), dm.centers.double()).argmin(1)
+    share = torch.stack([torch.bincount(nearest[code == k], minlength=8).max() for k in range(8)]) / 500.0
+    top = {int(torch.bincount(nearest[code == k], minlength=8).argmax()) for k in range(8)}
+    assert share.mean() > 0.75 and len(top) >= 6, (share, top)  # without codes: 1/8 per mode and code
+    with open(Path(results["path"]).parent / "csv" / "metrics.csv") as f:
+        ce = [float(r["train/info_ce"]) for r in csv.DictReader(f) if r.get("train/info_ce")]
+    assert ce[0] > 1.5 and ce[-1] < 0.5, ce  # log 8 = 2.08 at the start: the code is unreadable
+    with pytest.raises(ValueError, match="categorical_codes=1"):
+        GAN(generator=None, discriminator=None, categorical_codes=1)
+
+
 def test_n_critic_schedule_per_player_lrs_and_exact_resume(make_cfg):
     k, common = 2, [*SMALL_RING, "loss.n_critic=2", "trainer.max_steps=-1"]
     full = run(make_cfg(*common, "trainer.max_epochs=4", name="full"))
@@ -248,14 +273,14 @@ def test_n_critic_schedule_per_player_lrs_and_exact_resume(make_cfg):
 def test_discriminator_collapse_stops_the_run_and_keeps_the_last_good_checkpoint(
         poison, error, match, make_cfg, monkeypatch, tmp_path):
     calls = {"n": 0}
-    original = GAN.discriminate
+    original = GAN.heads
 
     def poisoned(self, nets, y):
         calls["n"] += 1  # one call per training step
-        out = original(self, nets, y)
-        return out * poison if calls["n"] > 12 else out  # after 3 epochs of 4 steps and their checkpoints
+        d, q = original(self, nets, y)
+        return (d * poison if calls["n"] > 12 else d), q  # after 3 epochs of 4 steps and their checkpoints
 
-    monkeypatch.setattr(GAN, "discriminate", poisoned)
+    monkeypatch.setattr(GAN, "heads", poisoned)
     with pytest.raises(error, match=match) as err:
         run(make_cfg(*SMALL_RING, "trainer.max_epochs=5", "trainer.max_steps=-1"))
     assert "last.ckpt" in str(err.value)

@@ -18,6 +18,15 @@ Yazici et al. 2019), ``nets["generator_ema"]``, updated at every generator step.
 Optionally (``rejection_sampling``), samples pass through discriminator rejection sampling
 (Azadi et al. 2019; :mod:`genlab.families.gan.rejection`), calibrated on held-out real images at
 every validation by :class:`genlab.families.gan.callbacks.RejectionCalibrator`.
+
+Optionally (``categorical_codes = K``), the latent also carries a uniform categorical code
+``c in {0..K-1}`` (one-hot, appended to ``z``) and the discriminator a second head ``Q(c | y)``
+trained with the generator to recover ``c`` from ``G(z, c)``: InfoGAN's variational lower bound
+on the mutual information ``I(c; G(z, c))`` (Chen et al. 2016, Eq. 5), weight ``info_weight``
+in both players' losses. No labels are used. A continuous generator of a unimodal ``z`` must put
+mass between separated modes (Khayatkhoei et al. 2018); a discrete code lets it jump between
+them, and the information term makes it use the code (on MNIST the codes come to match the
+digit classes, so fewer samples fall between two digits).
 No likelihood: ``nll_kind = "none"``.
 """
 
@@ -28,6 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
@@ -80,6 +90,9 @@ class GAN(Family):
             ``gan_rejection`` callback, on by default). Off: plain samples of the generator.
         rejection_quantile: ``M`` as this quantile of the generated samples' ratios (1: their
             maximum, exact but wasteful; 0.95 keeps about a third to a half of proposals).
+        categorical_codes: ``K > 0``: InfoGAN's categorical code in the latent and ``Q`` head on
+            the discriminator (module docstring); 0: off.
+        info_weight: ``lambda`` of the information term (1 in Chen et al. 2016 for discrete codes).
         objective: the GAN loss (``loss`` group); non-saturating by default.
     """
 
@@ -101,6 +114,8 @@ class GAN(Family):
         divergence_threshold: float = 1.0e3,
         rejection_sampling: bool = False,
         rejection_quantile: float = 0.95,
+        categorical_codes: int = 0,
+        info_weight: float = 1.0,
         objective: GANObjective | None = None,
     ) -> None:
         super().__init__(objective if objective is not None else NonSaturating())
@@ -112,6 +127,11 @@ class GAN(Family):
         self.divergence_threshold = divergence_threshold
         self.rejection_sampling = rejection_sampling
         self.rejection_quantile = RejectionCalibration.check_quantile(rejection_quantile)
+        if categorical_codes < 0 or categorical_codes == 1:
+            raise ValueError(f"model.categorical_codes={categorical_codes}: use 0 (off) or a number of codes >= 2")
+        if info_weight < 0:
+            raise ValueError(f"model.info_weight={info_weight} must be >= 0")
+        self.codes, self.info_weight = categorical_codes, info_weight
         self.info: DataInfo | None = None
 
     # -- setup -----------------------------------------------------------------------
@@ -125,8 +145,8 @@ class GAN(Family):
 
     def build(self, info: DataInfo) -> nn.ModuleDict:
         self.info = info
-        generator = self.generator_factory(in_dim=self.latent_dim, out_dim=info.shape)
-        discriminator = self.discriminator_factory(in_dim=info.shape, out_dim=1)
+        generator = self.generator_factory(in_dim=self.latent_dim + self.codes, out_dim=info.shape)
+        discriminator = self.discriminator_factory(in_dim=info.shape, out_dim=1 + self.codes)  # D, then Q logits
         nets = nn.ModuleDict({"generator": generator,
                               "discriminator": add_spectral_norm(discriminator) if self.spectral_norm else discriminator})
         if self.ema_decay is not None:
@@ -164,10 +184,21 @@ class GAN(Family):
         levels = self.info.levels
         return torch.floor((y + 1.0) * levels / 2.0).clamp(0, levels - 1).to(torch.uint8)
 
-    def generate(self, generator: nn.Module, n: int, device: torch.device) -> Tensor:
-        """``tanh(G(z))``, ``z ~ N(0, I)``: ``(n, *shape)`` in model space."""
-        z = torch.randn(n, self.latent_dim, device=device)
-        return torch.tanh(generator(z)).view(n, *self.info.shape)
+    def latent(self, n: int, device: torch.device, z: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The generator's input ``(n, latent_dim [+ K])`` and the codes ``c`` ``(n,)`` (None without
+        codes): ``z ~ N(0, I)`` (or the given ``z``), ``c ~ U{0..K-1}`` appended one-hot."""
+        z = torch.randn(n, self.latent_dim, device=device) if z is None else z
+        if not self.codes:
+            return z, None
+        c = torch.randint(0, self.codes, (n,), device=device)
+        return torch.cat([z, F.one_hot(c, self.codes).to(z.dtype)], dim=1), c
+
+    def generate(self, generator: nn.Module, n: int, device: torch.device, z: Tensor | None = None,
+                 return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
+        """``tanh(G(z[, c]))``: ``(n, *shape)`` in model space (and the codes, with ``return_codes``)."""
+        inp, c = self.latent(n, device, z)
+        y = torch.tanh(generator(inp)).view(n, *self.info.shape)
+        return (y, c) if return_codes else y
 
     # -- contract ----------------------------------------------------------------------
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor], group: Group | None = None) -> LossOutput:
@@ -184,28 +215,43 @@ class GAN(Family):
         mean outputs ``d_real``, ``d_fake``."""
         real = self.to_model(x)
         with torch.no_grad():
-            fake = self.generate(nets["generator"], real.shape[0], real.device)
-        d_real, d_fake = self.discriminate(nets, torch.cat([real, fake])).chunk(2)
+            fake, c = self.generate(nets["generator"], real.shape[0], real.device, return_codes=True)
+        d, q = self.heads(nets, torch.cat([real, fake]))
+        d_real, d_fake = d.chunk(2)
         d_loss = self.objective.discriminator_loss(d_real, d_fake)
         logs = {"d_loss": d_loss.detach(), "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
-        penalty = self.objective.penalty(nets["discriminator"], real, fake)
+        loss = d_loss
+        if c is not None:  # Q learns to recover the code of the fakes
+            info = F.cross_entropy(q[real.shape[0]:].float(), c)
+            loss, logs["info_ce"] = loss + self.info_weight * info, info.detach()
+        penalty = self.objective.penalty(Critic(nets["discriminator"]) if self.codes else nets["discriminator"],
+                                         real, fake)
         if penalty is None:
-            return LossOutput(d_loss, logs)
-        return LossOutput(d_loss + penalty, {**logs, "gp": penalty.detach()})
+            return LossOutput(loss, logs)
+        return LossOutput(loss + penalty, {**logs, "gp": penalty.detach()})
 
     def generator_step(self, nets: nn.ModuleDict, x: Tensor) -> LossOutput:
         """``L_G`` on ``len(x)`` fakes; first moves the EMA towards the current generator
         (so the EMA lags the raw generator by one update). Logs ``g_loss``, ``d_fake``."""
         if "generator_ema" in nets:
             nets["generator_ema"].update_parameters(nets["generator"])
-        fake = self.generate(nets["generator"], x.shape[0], x.device)
-        d_fake = self.discriminate(nets, fake)
+        fake, c = self.generate(nets["generator"], x.shape[0], x.device, return_codes=True)
+        d_fake, q = self.heads(nets, fake)
         g_loss = self.objective.generator_loss(d_fake)
-        return LossOutput(g_loss, {"g_loss": g_loss.detach(), "d_fake": d_fake.mean().detach()})
+        logs = {"g_loss": g_loss.detach(), "d_fake": d_fake.mean().detach()}
+        if c is None:
+            return LossOutput(g_loss, logs)
+        info = F.cross_entropy(q.float(), c)  # the generator makes its code recoverable
+        return LossOutput(g_loss + self.info_weight * info, {**logs, "info_ce": info.detach()})
+
+    def heads(self, nets: nn.ModuleDict, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Discriminator outputs ``(B,)`` and, with codes, ``Q``'s logits ``(B, K)``."""
+        out = nets["discriminator"](y).view(y.shape[0], -1)
+        return out[:, 0], (out[:, 1:] if self.codes else None)
 
     def discriminate(self, nets: nn.ModuleDict, y: Tensor) -> Tensor:
         """Discriminator outputs ``(B,)`` for model-space inputs ``(B, *shape)``."""
-        return nets["discriminator"](y).view(-1)
+        return self.heads(nets, y)[0]
 
     def diverged(self, out: LossOutput) -> str | None:
         """A collapsed discriminator: a discriminator step whose ``|L_D|`` or real/fake gap
@@ -259,3 +305,15 @@ class GAN(Family):
 
         y, _ = rejection_sample(propose, n, rejection.bound.item(), rejection.acceptance.item())
         return self.to_data(y)
+
+
+class Critic(nn.Module):
+    """The discriminator's first output only, ``(B, 1)`` (its ``Q`` head dropped): what the
+    gradient penalty differentiates when the discriminator also carries InfoGAN's ``Q`` head."""
+
+    def __init__(self, discriminator: nn.Module) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.discriminator(y).view(y.shape[0], -1)[:, :1]
