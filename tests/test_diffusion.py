@@ -336,3 +336,18 @@ def test_ema_weights_are_validated_and_saved_and_a_resumed_run_continues_exactly
         for k, v in ckpt[key].items():
             torch.testing.assert_close(again[key][k], v, rtol=1e-6, atol=1e-7)
     assert Path(resumed["samples"]).exists()
+
+
+def test_sampling_checks_script_parses_ddim_and_ancestral_settings(monkeypatch):
+    import argparse
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "scripts"))
+    checks = importlib.import_module("diffusion_sampling_checks")
+    ddim, anc = checks.parse_setting("50:1"), checks.parse_setting("ancestral:25")
+    assert isinstance(ddim, DDIM) and (ddim.steps, ddim.eta) == (50, 1.0)
+    assert isinstance(anc, Ancestral) and anc.steps == 25
+    assert checks.describe(ddim) == "DDIM 50 steps, eta 1" and "ancestral 25" in checks.describe(anc)
+    for bad in ("fifty", "50:x", "50:-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="STEPS:ETA"):
+            checks.parse_setting(bad)

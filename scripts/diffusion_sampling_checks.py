@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Sampling-time checks of a trained diffusion model: DDIM steps and eta, scored in-domain.
+
+    python scripts/diffusion_sampling_checks.py <checkpoint.ckpt> [--settings 50:0 50:1 100:0] [--n 1000]
+        [--cache-dir DIR] [key=value ...]
+
+For each ``STEPS:ETA`` setting, draws ``--n`` samples (seed 0, EMA weights) with
+:class:`genlab.families.diffusion.DDIM` (``eta = 0``: deterministic; ``eta = 1``: ancestral
+with the posterior variances on the respaced chain), or for ``ancestral:STEPS`` with
+:class:`genlab.families.diffusion.Ancestral` (the model's own, e.g. learned, variances), and prints one markdown row of the in-domain quality metrics
+(:mod:`genlab.metrics.quality`: FD, precision, recall, confident share, class range) against
+held-out test images, with the sampling time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench_diffusion import draw  # scripts/ is on sys.path when this file runs
+
+from genlab.builders import load_run
+from genlab.families.diffusion import DDIM, Ancestral, Sampler
+from genlab.metrics.quality import get_classifier, quality_metrics, reference_set
+
+
+def parse_setting(text: str) -> Sampler:
+    """``STEPS:ETA`` (DDIM) or ``ancestral:STEPS`` (DDPM on the respaced chain, the model's variances)."""
+    try:
+        a, b = text.split(":")
+        return Ancestral(steps=int(b)) if a == "ancestral" else DDIM(steps=int(a), eta=float(b))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"a setting is STEPS:ETA such as 50:0 or 50:1, or ancestral:STEPS, "
+                                         f"got {text!r} ({e})") from e
+
+
+def describe(sampler: Sampler) -> str:
+    if isinstance(sampler, DDIM):
+        return f"DDIM {sampler.steps} steps, eta {sampler.eta:g}"
+    return f"ancestral {sampler.steps} steps (model variances)"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("ckpt")
+    p.add_argument("--settings", type=parse_setting, nargs="+", default=[parse_setting("50:0"), parse_setting("50:1")],
+                   help="DDIM settings STEPS:ETA to try")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--chunk", type=int, default=250, help="samples drawn per batch")
+    p.add_argument("--cache-dir", default=None, help="feature-classifier cache (default <data_dir>/genlab_classifiers)")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.data_dir=../shared/data")
+    a = p.parse_intermixed_args()
+    module, dm = load_run(a.ckpt, overrides=a.overrides)
+    if module.family.name != "diffusion":
+        print(f"{a.ckpt} is a {module.family.name} checkpoint, not a diffusion model", file=sys.stderr)
+        return 2
+    clf, _ = get_classifier(dm, a.cache_dir or f"{module.run_config['paths']['data_dir']}/genlab_classifiers")
+    ref = reference_set(dm, a.n)
+    print("| sampler | FD | precision | recall | confident (>= 0.9) | class range | s per 1000 samples |")
+    print("|---|---|---|---|---|---|---|")
+    for sampler in a.settings:
+        x, sec = draw(module, sampler, a.n, a.chunk)
+        q = quality_metrics(clf, ref, x)
+        hist = q["class_hist"]
+        print(f"| {describe(sampler)} | {q['fd']:.1f} | {q['precision']:.3f} | "
+              f"{q['recall']:.3f} | {100 * q['confident_share']:.1f}% | {100 * min(hist):.0f}%-{100 * max(hist):.0f}% "
+              f"| {sec:.0f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
