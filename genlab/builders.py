@@ -142,8 +142,8 @@ def load_run(ckpt_path: str, map_location: str = "cpu", overrides: list[str] | N
     if "model" not in cfg:
         raise ValueError(f"{ckpt_path} is not a genlab checkpoint (no genlab_config); pass a run's checkpoints/*.ckpt")
     datamodule = instantiate(cfg.dataset)
-    module = GenerativeModule(build_family(cfg), datamodule.info, instantiate(cfg.optimizer), build_scheduler(cfg), cfg.seed,
-                              OmegaConf.to_container(cfg))
+    module = GenerativeModule(build_family(cfg), datamodule.info, instantiate(cfg.optimizer), build_scheduler(cfg),
+                              cfg.seed, OmegaConf.to_container(cfg))
     module.load_state_dict(ckpt["state_dict"])
     return module.eval(), datamodule
 

@@ -42,14 +42,28 @@ def find_checkpoint(source: str | Path) -> tuple[Path, Path]:
     return Path(ckpt), source
 
 
+def run_classifier(module: Any, dm: Any, cache_dir: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """The dataset's feature classifier for a loaded run, cached in ``cache_dir`` (default
+    ``<the run's data_dir>/genlab_classifiers``): ``(classifier, metadata)``."""
+    cache = Path(cache_dir) if cache_dir else Path(module.run_config["paths"]["data_dir"]) / "genlab_classifiers"
+    return get_classifier(dm, cache)
+
+
+def summary_cells(q: dict[str, Any]) -> str:
+    """``FD | precision | recall | confident % | class range`` cells of a :func:`quality_metrics` result,
+    the columns of the sampling-check scripts' markdown rows."""
+    hist = q["class_hist"]
+    return (f"{q['fd']:.1f} | {q['precision']:.3f} | {q['recall']:.3f} | {100 * q['confident_share']:.1f}% | "
+            f"{100 * min(hist):.0f}%-{100 * max(hist):.0f}%")
+
+
 def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = None, seed: int = 0,
              cache_dir: str | Path | None = None, floor: dict[str, Any] | None = None) -> dict[str, Any]:
     """Quality metrics of a run's samples and the real-data floor (see module docstring); pass
     ``floor`` when it is already known for this dataset and ``n`` (a sweep computes it once)."""
     ckpt, run_dir = find_checkpoint(source)
     module, dm = load_run(str(ckpt))
-    cache = Path(cache_dir) if cache_dir else Path(module.run_config["paths"]["data_dir"]) / "genlab_classifiers"
-    clf, meta = get_classifier(dm, cache)
+    clf, meta = run_classifier(module, dm, cache_dir)
     t0 = time.perf_counter()
     if samples is not None:
         x = torch.load(samples, map_location="cpu")[:n]

@@ -6,8 +6,8 @@
 Runs ``genlab-train experiment=ddpm_mnist`` and prints one markdown table row from its
 results.json: the test NLL (the variational bound, bits/dim, with its standard errors from the
 run's metrics.csv). Then, from the best checkpoint (EMA weights), draws DDIM samples (50 steps,
-``--ddim-eta``, 1 by default: on this benchmark 81.5% confident samples against 73.9% with
-eta = 0) and ancestral DDPM samples (all T steps unless ``--ddpm-steps``), timing each, and writes
+``--ddim-eta``, by default the experiment's ``model.sampler.eta`` = 1: on this benchmark 81.5%
+confident samples against 73.9% with eta = 0) and ancestral DDPM samples (all T steps unless ``--ddpm-steps``), timing each, and writes
 ``<run>/bench_samples/{ddim50,ddpm}.png`` (a grid of the first 64) and ``.pt`` (every sample, uint8
 ``(N, 1, 28, 28)``, for a classifier to score later).
 """
@@ -51,7 +51,8 @@ def draw(module: Any, sampler: Sampler, n: int, chunk: int, seed: int = 0) -> tu
 def sample_sets(ckpt: str, out_dir: Path, args: argparse.Namespace) -> dict[str, tuple[Path, float]]:
     """DDIM-50 and DDPM samples from ``ckpt``: name -> (grid path, seconds per 1000 samples)."""
     module, _ = load_run(ckpt)
-    samplers = {"ddim50": (DDIM(steps=50, eta=args.ddim_eta), args.ddim_samples),
+    eta = args.ddim_eta if args.ddim_eta is not None else getattr(module.family.sampler, "eta", 0.0)
+    samplers = {"ddim50": (DDIM(steps=50, eta=eta), args.ddim_samples),
                 "ddpm": (Ancestral(steps=args.ddpm_steps or None), args.ddpm_samples)}
     done = {}
     for name, (sampler, n) in samplers.items():
@@ -68,8 +69,8 @@ def sample_sets(ckpt: str, out_dir: Path, args: argparse.Namespace) -> dict[str,
 def main() -> int:
     p = bench_parser(__doc__, minutes=30)
     p.add_argument("--ddim-samples", type=int, default=1000, help="DDIM-50 samples to draw (0: none)")
-    p.add_argument("--ddim-eta", type=float, default=1.0,
-                   help="DDIM eta (1: stochastic, the most recognisable digits measured; 0: deterministic)")
+    p.add_argument("--ddim-eta", type=float, default=None,
+                   help="DDIM eta (default: the experiment's model.sampler.eta, 1 in ddpm_mnist; 0: deterministic)")
     p.add_argument("--ddpm-samples", type=int, default=64, help="ancestral DDPM samples to draw (0: none)")
     p.add_argument("--ddpm-steps", type=int, default=0, help="ancestral steps (0: all T of the model)")
     p.add_argument("--chunk", type=int, default=250, help="samples drawn per batch")

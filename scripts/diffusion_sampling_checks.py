@@ -7,9 +7,10 @@
 For each ``STEPS:ETA`` setting, draws ``--n`` samples (seed 0, EMA weights) with
 :class:`genlab.families.diffusion.DDIM` (``eta = 0``: deterministic; ``eta = 1``: ancestral
 with the posterior variances on the respaced chain), or for ``ancestral:STEPS`` with
-:class:`genlab.families.diffusion.Ancestral` (the model's own, e.g. learned, variances), and prints one markdown row of the in-domain quality metrics
-(:mod:`genlab.metrics.quality`: FD, precision, recall, confident share, class range) against
-held-out test images, with the sampling time.
+:class:`genlab.families.diffusion.Ancestral` (the model's own, e.g. learned, variances), and
+prints one markdown row of the in-domain quality metrics (:mod:`genlab.metrics.quality`: FD,
+precision, recall, confident share, class range) against held-out test images, with the
+sampling time.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import sys
 from bench_diffusion import draw  # scripts/ is on sys.path when this file runs
 
 from genlab.builders import load_run
+from genlab.evaluate import run_classifier, summary_cells
 from genlab.families.diffusion import DDIM, Ancestral, Sampler
-from genlab.metrics.quality import get_classifier, quality_metrics, reference_set
+from genlab.metrics.quality import quality_metrics, reference_set
 
 
 def parse_setting(text: str) -> Sampler:
@@ -44,7 +46,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt")
     p.add_argument("--settings", type=parse_setting, nargs="+", default=[parse_setting("50:0"), parse_setting("50:1")],
-                   help="DDIM settings STEPS:ETA to try")
+                   help="samplers to try: STEPS:ETA (DDIM) or ancestral:STEPS")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--chunk", type=int, default=250, help="samples drawn per batch")
     p.add_argument("--cache-dir", default=None, help="feature-classifier cache (default <data_dir>/genlab_classifiers)")
@@ -54,17 +56,13 @@ def main() -> int:
     if module.family.name != "diffusion":
         print(f"{a.ckpt} is a {module.family.name} checkpoint, not a diffusion model", file=sys.stderr)
         return 2
-    clf, _ = get_classifier(dm, a.cache_dir or f"{module.run_config['paths']['data_dir']}/genlab_classifiers")
+    clf, _ = run_classifier(module, dm, a.cache_dir)
     ref = reference_set(dm, a.n)
     print("| sampler | FD | precision | recall | confident (>= 0.9) | class range | s per 1000 samples |")
     print("|---|---|---|---|---|---|---|")
     for sampler in a.settings:
         x, sec = draw(module, sampler, a.n, a.chunk)
-        q = quality_metrics(clf, ref, x)
-        hist = q["class_hist"]
-        print(f"| {describe(sampler)} | {q['fd']:.1f} | {q['precision']:.3f} | "
-              f"{q['recall']:.3f} | {100 * q['confident_share']:.1f}% | {100 * min(hist):.0f}%-{100 * max(hist):.0f}% "
-              f"| {sec:.0f} |", flush=True)
+        print(f"| {describe(sampler)} | {summary_cells(quality_metrics(clf, ref, x))} | {sec:.0f} |", flush=True)
     return 0
 
 

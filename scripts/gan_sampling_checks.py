@@ -22,7 +22,8 @@ import torch
 from genlab.builders import load_run
 from genlab.families.gan.callbacks import calibration_images
 from genlab.families.gan.rejection import RejectionCalibration
-from genlab.metrics.quality import get_classifier, quality_metrics, reference_set
+from genlab.evaluate import run_classifier, summary_cells
+from genlab.metrics.quality import quality_metrics, reference_set
 
 
 @torch.no_grad()
@@ -48,17 +49,14 @@ def main() -> int:
     if family.name != "gan":
         print(f"{a.ckpt} is a {family.name} checkpoint, not a GAN", file=sys.stderr)
         return 2
-    clf, _ = get_classifier(dm, a.cache_dir or f"{module.run_config['paths']['data_dir']}/genlab_classifiers")
+    clf, _ = run_classifier(module, dm, a.cache_dir)
     ref = reference_set(dm, a.n)
     print("| generator | truncation | rejection (quantile, acceptance) | FD | precision | recall | confident (>= 0.9) "
           "| class range |")
     print("|---|---|---|---|---|---|---|---|")
 
     def row(name: str, trunc: float | None, drs: str, x: torch.Tensor) -> None:
-        q = quality_metrics(clf, ref, x)
-        print(f"| {name} | {trunc or '-'} | {drs} | {q['fd']:.1f} | {q['precision']:.3f} | {q['recall']:.3f} | "
-              f"{100 * q['confident_share']:.1f}% | {100 * min(q['class_hist']):.0f}%-{100 * max(q['class_hist']):.0f}% |",
-              flush=True)
+        print(f"| {name} | {trunc or '-'} | {drs} | {summary_cells(quality_metrics(clf, ref, x))} |", flush=True)
 
     nets.eval()
     settings = [("generator_ema", None), ("generator", None)] + [("generator_ema", t) for t in (1.5, 1.0, 0.7)]

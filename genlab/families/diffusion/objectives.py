@@ -39,6 +39,13 @@ class DiffusionObjective:
     """
 
     learns_variance: bool = False
+    min_snr_gamma: float | None = None
+
+    def __init__(self, min_snr_gamma: float | None = None) -> None:
+        if min_snr_gamma is not None and not min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be > 0 (5 in Hang et al. 2023) or null for the plain MSE, "
+                             f"got {min_snr_gamma}")
+        self.min_snr_gamma = min_snr_gamma
 
     def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
         raise NotImplementedError
@@ -50,14 +57,6 @@ class DiffusionObjective:
         eps = torch.randn_like(x0)
         return t, eps, family.process.q_sample(x0, t, eps)
 
-    min_snr_gamma: float | None = None
-
-    @staticmethod
-    def _check_gamma(gamma: float | None) -> float | None:
-        if gamma is not None and not gamma > 0:
-            raise ValueError(f"min_snr_gamma must be > 0 (5 in Hang et al. 2023) or null for the plain MSE, got {gamma}")
-        return gamma
-
     def mse(self, family: Diffusion, t: Tensor, x0: Tensor, eps: Tensor, mean_out: Tensor) -> Tensor:
         """Per-example mean squared error of the prediction's target, ``(B,)``; Min-SNR weighted
         (``min(SNR, gamma) / k(SNR)``, :meth:`Prediction.x0_mse_factor`) when ``min_snr_gamma`` is set."""
@@ -65,10 +64,9 @@ class DiffusionObjective:
         mse = (mean_out - target).pow(2).flatten(1).mean(1)
         if self.min_snr_gamma is None:
             return mse
-        ab = family.process.tables["alpha_bar"].to(t.device)[t]
-        snr = ab / (1 - ab)  # float64
-        weight = snr.clamp(max=self.min_snr_gamma) / family.prediction.x0_mse_factor(snr)
-        return mse * weight.to(mse.dtype)
+        ab = family.process.at("alpha_bar", t, mse)  # (B,), cached on mse's device and dtype
+        snr = ab / (1 - ab)
+        return mse * snr.clamp(max=self.min_snr_gamma) / family.prediction.x0_mse_factor(snr)
 
 
 class SimpleLoss(DiffusionObjective):
@@ -77,9 +75,6 @@ class SimpleLoss(DiffusionObjective):
     Args:
         min_snr_gamma: Min-SNR-gamma weighting (module docstring); None: the plain MSE.
     """
-
-    def __init__(self, min_snr_gamma: float | None = None) -> None:
-        self.min_snr_gamma = self._check_gamma(min_snr_gamma)
 
     def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
         t, eps, x_t = self.noisy_batch(family, x0)
@@ -99,10 +94,10 @@ class HybridLoss(DiffusionObjective):
     learns_variance = True
 
     def __init__(self, vlb_weight: float = 0.001, min_snr_gamma: float | None = None) -> None:
+        super().__init__(min_snr_gamma)
         if vlb_weight < 0:
             raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}")
         self.vlb_weight = vlb_weight
-        self.min_snr_gamma = self._check_gamma(min_snr_gamma)
 
     def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
         t, eps, x_t = self.noisy_batch(family, x0)

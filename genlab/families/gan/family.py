@@ -25,8 +25,8 @@ trained with the generator to recover ``c`` from ``G(z, c)``: InfoGAN's variatio
 on the mutual information ``I(c; G(z, c))`` (Chen et al. 2016, Eq. 5), weight ``info_weight``
 in both players' losses. No labels are used. A continuous generator of a unimodal ``z`` must put
 mass between separated modes (Khayatkhoei et al. 2018); a discrete code lets it jump between
-them, and the information term makes it use the code (on MNIST the codes come to match the
-digit classes, so fewer samples fall between two digits).
+them, and the information term makes it use the code (on the ring of 8 each code takes one mode;
+on MNIST it did not raise the confident share, docs/benchmarks.md).
 No likelihood: ``nll_kind = "none"``.
 """
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -193,12 +194,15 @@ class GAN(Family):
         c = torch.randint(0, self.codes, (n,), device=device)
         return torch.cat([z, F.one_hot(c, self.codes).to(z.dtype)], dim=1), c
 
-    def generate(self, generator: nn.Module, n: int, device: torch.device, z: Tensor | None = None,
-                 return_codes: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
-        """``tanh(G(z[, c]))``: ``(n, *shape)`` in model space (and the codes, with ``return_codes``)."""
+    def generate_with_codes(self, generator: nn.Module, n: int, device: torch.device,
+                            z: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``tanh(G(z[, c]))`` ``(n, *shape)`` in model space, and the codes ``c`` (None without codes)."""
         inp, c = self.latent(n, device, z)
-        y = torch.tanh(generator(inp)).view(n, *self.info.shape)
-        return (y, c) if return_codes else y
+        return torch.tanh(generator(inp)).view(n, *self.info.shape), c
+
+    def generate(self, generator: nn.Module, n: int, device: torch.device, z: Tensor | None = None) -> Tensor:
+        """``tanh(G(z[, c]))``: ``(n, *shape)`` in model space."""
+        return self.generate_with_codes(generator, n, device, z)[0]
 
     # -- contract ----------------------------------------------------------------------
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor], group: Group | None = None) -> LossOutput:
@@ -215,7 +219,7 @@ class GAN(Family):
         mean outputs ``d_real``, ``d_fake``."""
         real = self.to_model(x)
         with torch.no_grad():
-            fake, c = self.generate(nets["generator"], real.shape[0], real.device, return_codes=True)
+            fake, c = self.generate_with_codes(nets["generator"], real.shape[0], real.device)
         d, q = self.heads(nets, torch.cat([real, fake]))
         d_real, d_fake = d.chunk(2)
         d_loss = self.objective.discriminator_loss(d_real, d_fake)
@@ -224,8 +228,7 @@ class GAN(Family):
         if c is not None:  # Q learns to recover the code of the fakes
             info = F.cross_entropy(q[real.shape[0]:].float(), c)
             loss, logs["info_ce"] = loss + self.info_weight * info, info.detach()
-        penalty = self.objective.penalty(Critic(nets["discriminator"]) if self.codes else nets["discriminator"],
-                                         real, fake)
+        penalty = self.objective.penalty(partial(self.discriminate, nets), real, fake)  # D alone, not Q
         if penalty is None:
             return LossOutput(loss, logs)
         return LossOutput(loss + penalty, {**logs, "gp": penalty.detach()})
@@ -235,7 +238,7 @@ class GAN(Family):
         (so the EMA lags the raw generator by one update). Logs ``g_loss``, ``d_fake``."""
         if "generator_ema" in nets:
             nets["generator_ema"].update_parameters(nets["generator"])
-        fake, c = self.generate(nets["generator"], x.shape[0], x.device, return_codes=True)
+        fake, c = self.generate_with_codes(nets["generator"], x.shape[0], x.device)
         d_fake, q = self.heads(nets, fake)
         g_loss = self.objective.generator_loss(d_fake)
         logs = {"g_loss": g_loss.detach(), "d_fake": d_fake.mean().detach()}
@@ -306,14 +309,3 @@ class GAN(Family):
         y, _ = rejection_sample(propose, n, rejection.bound.item(), rejection.acceptance.item())
         return self.to_data(y)
 
-
-class Critic(nn.Module):
-    """The discriminator's first output only, ``(B, 1)`` (its ``Q`` head dropped): what the
-    gradient penalty differentiates when the discriminator also carries InfoGAN's ``Q`` head."""
-
-    def __init__(self, discriminator: nn.Module) -> None:
-        super().__init__()
-        self.discriminator = discriminator
-
-    def forward(self, y: Tensor) -> Tensor:
-        return self.discriminator(y).view(y.shape[0], -1)[:, :1]

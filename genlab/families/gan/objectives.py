@@ -17,12 +17,14 @@ players' losses, and optionally adds a penalty that needs the critic itself. It 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
-def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
     """``E[(||grad_x D(x_hat)||_2 - 1)^2]`` at ``x_hat = eps real + (1 - eps) fake``
     (Gulrajani et al. 2017, Eq. 3), one ``eps ~ U[0, 1]`` per example.
 
@@ -58,7 +60,7 @@ class GANObjective:
         """``L_G`` from discriminator outputs on generated data ``(B,)`` (a scalar)."""
         raise NotImplementedError
 
-    def penalty(self, critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor | None:
+    def penalty(self, critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor | None:
         """A regulariser of the discriminator added to ``L_D`` (None: no penalty)."""
         return None
 
@@ -110,5 +112,5 @@ class WGANGP(GANObjective):
     def generator_loss(self, d_fake: Tensor) -> Tensor:
         return -d_fake.mean()
 
-    def penalty(self, critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+    def penalty(self, critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
         return self.gp_lambda * gradient_penalty(critic, real, fake)
