@@ -3,6 +3,7 @@ the D/G schedule and resume, divergence handling, mode coverage on the ring of 8
 discriminator rejection sampling (closed-form densities, Platt scaling, a trained ring)."""
 
 import csv
+import itertools
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from genlab.families.gan import GAN, WGANGP, Hinge, NonSaturating, gradient_pena
 from genlab.families.gan.family import EMAWarmup
 from genlab.families.gan.nets import DCGANDiscriminator, DCGANGenerator, add_spectral_norm
 from genlab.families.gan.rejection import RejectionCalibration, fit_platt, rejection_sample
+from genlab.families.gan.topk import TopK
 from genlab.module import NonFiniteLossError, TrainingDivergedError
 from genlab.train import report, run
 
@@ -75,6 +77,29 @@ def test_nonsaturating_generator_loss_keeps_its_gradient_where_the_minimax_loss_
     (ns,) = torch.autograd.grad(NonSaturating().generator_loss(f), f)
     (minimax,) = torch.autograd.grad(-F.softplus(f).sum(), f)  # L_G = E[log(1 - sigmoid(f))]
     assert abs(ns.item()) > 0.99 and abs(minimax.item()) < 1e-3
+
+
+def test_top_k_schedule_and_selection_are_the_closed_form():
+    """k(s) = max(ceil(nu B), ceil(B gamma^floor(s / every))); the generator loss sees exactly the
+    k largest discriminator outputs, and only they get a gradient (hinge: -1/k each)."""
+    top = TopK(min_fraction=0.25, gamma=0.5, every=3)
+    assert [top.k(8, s) for s in range(12)] == [8, 8, 8, 4, 4, 4, 2, 2, 2, 2, 2, 2]  # floor ceil(0.25 * 8)
+    assert TopK(min_fraction=0.5, gamma=0.99, every=1).k(128, 10) == math.ceil(128 * 0.99**10)  # 116
+    f = torch.tensor([0.3, -1.0, 2.0, 0.1, -0.5, 1.5, 0.0, -2.0], requires_grad=True)
+    for s, k in enumerate([8, 8, 8, 4, 4, 4, 2]):
+        assert int(top.steps) == s
+        kept = top(f)
+        assert sorted(kept.tolist()) == sorted(f.tolist(), reverse=True)[:k][::-1]
+        (grad,) = torch.autograd.grad(Hinge().generator_loss(kept), f)
+        expected = torch.zeros(8)
+        expected[f.detach().argsort(descending=True)[:k]] = -1.0 / k
+        torch.testing.assert_close(grad, expected)
+    assert int(top.steps) == 7 and "steps" in top.state_dict()  # the schedule is saved with the nets
+    for bad, match in [(dict(min_fraction=0.0), "min_fraction"), (dict(gamma=1.5), "gamma"), (dict(every=0), "every")]:
+        with pytest.raises(ValueError, match=match):
+            TopK(**bad)
+    with pytest.raises(ValueError, match=r"unknown keys \['k'\].*min_fraction, gamma, every"):
+        GAN(generator=None, discriminator=None, top_k={"k": 3})
 
 
 def test_ema_starts_at_the_generator_and_warms_up_its_decay():
@@ -243,7 +268,9 @@ def test_infogan_codes_become_the_modes_of_the_ring_of_8(make_cfg):
 
 
 def test_n_critic_schedule_per_player_lrs_and_exact_resume(make_cfg):
-    k, common = 2, [*SMALL_RING, "loss.n_critic=2", "trainer.max_steps=-1"]
+    """Also with top-k generator training: its step count is saved, resumed, and sets the k logged."""
+    top_k = "model.top_k={min_fraction: 0.25, gamma: 0.5, every: 2}"
+    k, common = 2, [*SMALL_RING, "loss.n_critic=2", "trainer.max_steps=-1", top_k]
     full = run(make_cfg(*common, "trainer.max_epochs=4", name="full"))
     steps = full["global_step"]
     assert steps == 16
@@ -251,6 +278,10 @@ def test_n_critic_schedule_per_player_lrs_and_exact_resume(make_cfg):
     gen_opt, disc_opt = ckpt["optimizer_states"]  # param_groups order: generator, discriminator
     d_steps = sum(s % (k + 1) < k for s in range(steps))  # 11 of 16: k/(k+1) of every full cycle
     assert gen_opt["state"][0]["step"] == steps - d_steps and disc_opt["state"][0]["step"] == d_steps
+    assert int(ckpt["state_dict"]["nets.top_k.steps"]) == steps - d_steps  # 5 generator steps
+    with open(Path(full["path"]).parent / "csv" / "metrics.csv") as f:  # batch 256: k = 256, 256, 128, 128, 64
+        logged = [float(r["train/top_k"]) for r in csv.DictReader(f) if r.get("train/top_k")]
+    assert [k for k, _ in itertools.groupby(logged)] == [256.0, 128.0, 64.0]  # (rows repeat the last value)
     assert gen_opt["param_groups"][0]["lr"] == 5e-4 and disc_opt["param_groups"][0]["lr"] == 1e-3
     assert tuple(disc_opt["param_groups"][0]["betas"]) == (0.5, 0.999)
 

@@ -48,6 +48,7 @@ from genlab.families.base import Family, LossOutput
 from genlab.families.gan.nets import add_spectral_norm
 from genlab.families.gan.objectives import GANObjective, NonSaturating
 from genlab.families.gan.rejection import RejectionCalibration, rejection_sample
+from genlab.families.gan.topk import TopK
 from genlab.nets import input_kind_error
 
 Group = Literal["generator", "discriminator"]
@@ -94,6 +95,9 @@ class GAN(Family):
         categorical_codes: ``K > 0``: InfoGAN's categorical code in the latent and ``Q`` head on
             the discriminator (module docstring); 0: off.
         info_weight: ``lambda`` of the information term (1 in Chen et al. 2016 for discrete codes).
+        top_k: top-k generator training (Sinha et al. 2020; :mod:`genlab.families.gan.topk`):
+            ``{min_fraction, gamma, every}``, the generator loss over the ``k`` fakes the
+            discriminator rates most real; None: off.
         objective: the GAN loss (``loss`` group); non-saturating by default.
     """
 
@@ -117,6 +121,7 @@ class GAN(Family):
         rejection_quantile: float = 0.95,
         categorical_codes: int = 0,
         info_weight: float = 1.0,
+        top_k: dict[str, Any] | None = None,
         objective: GANObjective | None = None,
     ) -> None:
         super().__init__(objective if objective is not None else NonSaturating())
@@ -133,6 +138,13 @@ class GAN(Family):
         if info_weight < 0:
             raise ValueError(f"model.info_weight={info_weight} must be >= 0")
         self.codes, self.info_weight = categorical_codes, info_weight
+        self.top_k = dict(top_k) if top_k is not None else None
+        if self.top_k is not None:  # check the settings now, not at the first generator step
+            unknown = set(self.top_k) - {"min_fraction", "gamma", "every"}
+            if unknown:
+                raise ValueError(f"model.top_k has unknown keys {sorted(unknown)}: use min_fraction, gamma, every "
+                                 "(or model.top_k=null for plain training)")
+            TopK(**self.top_k)
         self.info: DataInfo | None = None
 
     # -- setup -----------------------------------------------------------------------
@@ -155,6 +167,8 @@ class GAN(Family):
             nets["generator_ema"].requires_grad_(False)
         if self.rejection_sampling:
             nets["rejection"] = RejectionCalibration(self.rejection_quantile)
+        if self.top_k is not None:
+            nets["top_k"] = TopK(**self.top_k)
         return nets
 
     def param_groups(self, nets: nn.ModuleDict) -> dict[str, list[dict[str, Any]]]:
@@ -234,14 +248,20 @@ class GAN(Family):
         return LossOutput(loss + penalty, {**logs, "gp": penalty.detach()})
 
     def generator_step(self, nets: nn.ModuleDict, x: Tensor) -> LossOutput:
-        """``L_G`` on ``len(x)`` fakes; first moves the EMA towards the current generator
-        (so the EMA lags the raw generator by one update). Logs ``g_loss``, ``d_fake``."""
+        """``L_G`` on ``len(x)`` fakes (with top-k training, on the ``k`` the discriminator rates
+        most real); first moves the EMA towards the current generator (so the EMA lags the raw
+        generator by one update). Logs ``g_loss``, ``d_fake`` (all fakes) and ``top_k``."""
         if "generator_ema" in nets:
             nets["generator_ema"].update_parameters(nets["generator"])
         fake, c = self.generate_with_codes(nets["generator"], x.shape[0], x.device)
         d_fake, q = self.heads(nets, fake)
-        g_loss = self.objective.generator_loss(d_fake)
-        logs = {"g_loss": g_loss.detach(), "d_fake": d_fake.mean().detach()}
+        logs = {"d_fake": d_fake.mean().detach()}
+        if "top_k" in nets:
+            kept = nets["top_k"](d_fake)
+            g_loss, logs["top_k"] = self.objective.generator_loss(kept), torch.tensor(float(kept.shape[0]))
+        else:
+            g_loss = self.objective.generator_loss(d_fake)
+        logs["g_loss"] = g_loss.detach()
         if c is None:
             return LossOutput(g_loss, logs)
         info = F.cross_entropy(q.float(), c)  # the generator makes its code recoverable
