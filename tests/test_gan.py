@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.builders import load_run
-from genlab.families.gan import GAN, WGANGP, Hinge, NonSaturating, gradient_penalty
+from genlab.families.gan import GAN, WGANGP, Hinge, NonSaturating, gradient_penalty, r1_penalty
 from genlab.families.gan.family import EMAWarmup
 from genlab.families.gan.nets import DCGANDiscriminator, DCGANGenerator, add_spectral_norm
 from genlab.families.gan.rejection import RejectionCalibration, fit_platt, rejection_sample
@@ -43,6 +43,25 @@ def test_gradient_penalty_of_a_linear_critic_is_its_closed_form(shape):
     with torch.no_grad():
         critic[1].weight.div_(w_norm)  # a 1-Lipschitz linear critic is not penalised
     assert WGANGP().penalty(critic, real, fake).item() == pytest.approx(0.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("objective", [NonSaturating, Hinge])
+def test_r1_penalty_is_its_closed_form_for_linear_and_quadratic_critics(objective):
+    """R1 = E||grad_x D(x)||^2 on real data: ||w||^2 for D = w.x + b, E||x||^2 for D = ||x||^2 / 2;
+    the objective adds (gamma / 2) of it, and nothing with gamma = 0."""
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(16, 1))
+    real, fake = torch.randn(8, 1, 4, 4), torch.randn(8, 1, 4, 4)
+    w2 = linear[1].weight.pow(2).sum()
+    torch.testing.assert_close(r1_penalty(linear, real), w2)
+    torch.testing.assert_close(objective(r1_gamma=10.0).penalty(linear, real, fake), 5.0 * w2)
+    quadratic = lambda x: 0.5 * x.flatten(1).pow(2).sum(1)  # noqa: E731
+    torch.testing.assert_close(r1_penalty(quadratic, real), real.flatten(1).pow(2).sum(1).mean())
+    (grad,) = torch.autograd.grad(objective(r1_gamma=2.0).penalty(linear, real, fake), linear[1].weight)
+    torch.testing.assert_close(grad, 2.0 * linear[1].weight)  # d/dw of (2 / 2) ||w||^2: it trains D
+    assert objective().penalty(linear, real, fake) is None
+    with pytest.raises(ValueError, match="r1_gamma"):
+        objective(r1_gamma=-1.0)
 
 
 def _sp(x: float) -> float:
@@ -125,11 +144,17 @@ def test_dcgan_nets_are_sized_from_the_image_shape(shape, sn):
     assert sn == any("parametrizations" in k for k in disc.state_dict())
 
 
-def test_dcgan_with_spectral_norm_and_gradient_penalty_runs_end_to_end_on_digits(make_cfg):
-    results = run(make_cfg("model=dcgan", "loss=wgan_gp", "loss.n_critic=1", "model.spectral_norm=true",
-                           "model.generator.channels=4", "model.discriminator.channels=4", "trainer=debug",
-                           "model.categorical_codes=3", "num_samples=4"))
+@pytest.mark.parametrize("loss", [["loss=wgan_gp", "loss.n_critic=1"], ["loss=nonsaturating", "loss.r1_gamma=1.0"]],
+                         ids=["wgan_gp", "r1"])
+def test_dcgan_with_spectral_norm_and_gradient_penalty_runs_end_to_end_on_digits(make_cfg, loss):
+    results = run(make_cfg("model=dcgan", *loss, "model.spectral_norm=true",
+                           "model.generator.channels=4", "model.discriminator.channels=4", "trainer.max_steps=2",
+                           "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "model.categorical_codes=3",
+                           "num_samples=4", "trainer.log_every_n_steps=1", "callbacks.progress_bar=null"))
     assert results["family"] == "gan" and results["global_step"] == 2 and results["test"] == {"nll_kind": "none"}
+    with open(Path(results["path"]).parent / "csv" / "metrics.csv") as f:  # the penalty was added and logged
+        gp = [float(r["train/gp"]) for r in csv.DictReader(f) if r.get("train/gp")]
+    assert gp and all(math.isfinite(v) and v > 0 for v in gp), gp
 
 
 def test_text_data_is_refused_before_training(make_cfg):

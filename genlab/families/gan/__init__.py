@@ -2,6 +2,6 @@
 :class:`WGANGP`) and DCGAN nets (:mod:`genlab.families.gan.nets`)."""
 
 from genlab.families.gan.family import GAN
-from genlab.families.gan.objectives import WGANGP, GANObjective, Hinge, NonSaturating, gradient_penalty
+from genlab.families.gan.objectives import WGANGP, GANObjective, Hinge, NonSaturating, gradient_penalty, r1_penalty
 
-__all__ = ["GAN", "GANObjective", "NonSaturating", "Hinge", "WGANGP", "gradient_penalty"]
+__all__ = ["GAN", "GANObjective", "NonSaturating", "Hinge", "WGANGP", "gradient_penalty", "r1_penalty"]

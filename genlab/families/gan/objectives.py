@@ -13,6 +13,10 @@ players' losses, and optionally adds a penalty that needs the critic itself. It 
 * :class:`WGANGP` (Gulrajani et al. 2017, Alg. 1):
   ``L_D = E[f] - E[r] + lambda E[(||grad_x D(x_hat)||_2 - 1)^2]`` on random interpolates
   ``x_hat = eps x + (1 - eps) G(z)``, ``eps ~ U[0, 1]``; ``L_G = -E[f]``.
+
+:class:`NonSaturating` and :class:`Hinge` also take ``r1_gamma``: the R1 penalty
+``(gamma / 2) E[||grad_x D(x)||^2]`` on real data (Mescheder et al. 2018, Eq. 9), which makes
+the non-saturating GAN locally convergent (the unregularised one circles its equilibrium).
 """
 
 from __future__ import annotations
@@ -40,6 +44,20 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
+def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
+    """``E[||grad_x D(x)||_2^2]`` on real data (Mescheder et al. 2018, Eq. 9, without ``gamma / 2``).
+
+    Args:
+        critic: ``D``, maps ``(B, *shape)`` to ``(B,)`` or ``(B, 1)``.
+        real: ``(B, *shape)`` in model space.
+    Returns:
+        scalar penalty, differentiable w.r.t. the critic's parameters.
+    """
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return grad.float().flatten(1).pow(2).sum(1).mean()
+
+
 class GANObjective:
     """Base class of the GAN objectives (``loss`` group).
 
@@ -65,11 +83,31 @@ class GANObjective:
         return None
 
 
-class NonSaturating(GANObjective):
+class R1Regularised(GANObjective):
+    """An objective with the optional R1 penalty ``(r1_gamma / 2) E[||grad_x D(x)||^2]`` on real data.
+
+    Args:
+        r1_gamma: ``gamma`` (0: no penalty; Mescheder et al. 2018 use 10 on CelebA / LSUN).
+        n_critic: discriminator steps per generator step.
+    """
+
+    def __init__(self, r1_gamma: float = 0.0, n_critic: int = 1) -> None:
+        super().__init__(n_critic)
+        if r1_gamma < 0:
+            raise ValueError(f"loss.r1_gamma={r1_gamma} must be >= 0 (0: no R1 penalty)")
+        self.r1_gamma = r1_gamma
+
+    def penalty(self, critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor | None:
+        return 0.5 * self.r1_gamma * r1_penalty(critic, real) if self.r1_gamma > 0 else None
+
+
+class NonSaturating(R1Regularised):
     """Original GAN with the non-saturating generator loss (Goodfellow et al. 2014)::
 
         L_D = E[-log sigmoid(r)] + E[-log(1 - sigmoid(f))] = E[softplus(-r)] + E[softplus(f)]
         L_G = E[-log sigmoid(f)] = E[softplus(-f)]
+
+    (+ the R1 penalty with ``r1_gamma > 0``.)
     """
 
     def discriminator_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
@@ -79,10 +117,12 @@ class NonSaturating(GANObjective):
         return F.softplus(-d_fake).mean()
 
 
-class Hinge(GANObjective):
+class Hinge(R1Regularised):
     """Hinge loss (Lim & Ye 2017; Miyato et al. 2018, Eq. 16-17)::
 
         L_D = E[max(0, 1 - r)] + E[max(0, 1 + f)],   L_G = -E[f]
+
+    (+ the R1 penalty with ``r1_gamma > 0``.)
     """
 
     def discriminator_loss(self, d_real: Tensor, d_fake: Tensor) -> Tensor:
