@@ -138,13 +138,7 @@ class GAN(Family):
         if info_weight < 0:
             raise ValueError(f"model.info_weight={info_weight} must be >= 0")
         self.codes, self.info_weight = categorical_codes, info_weight
-        self.top_k = dict(top_k) if top_k is not None else None
-        if self.top_k is not None:  # check the settings now, not at the first generator step
-            unknown = set(self.top_k) - {"min_fraction", "gamma", "every"}
-            if unknown:
-                raise ValueError(f"model.top_k has unknown keys {sorted(unknown)}: use min_fraction, gamma, every "
-                                 "(or model.top_k=null for plain training)")
-            TopK(**self.top_k)
+        self.top_k = TopK.check_config(top_k) if top_k is not None else None  # checked now, not at a G step
         self.info: DataInfo | None = None
 
     # -- setup -----------------------------------------------------------------------

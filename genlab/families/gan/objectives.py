@@ -28,6 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def input_gradient(critic: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``grad_x sum_i D(x_i)`` at ``x`` (detached here), per example ``(B, *shape)``; kept in the graph
+    (``create_graph``) so that a penalty on it trains the critic's parameters."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return grad
+
+
 def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor) -> Tensor:
     """``E[(||grad_x D(x_hat)||_2 - 1)^2]`` at ``x_hat = eps real + (1 - eps) fake``
     (Gulrajani et al. 2017, Eq. 3), one ``eps ~ U[0, 1]`` per example.
@@ -39,8 +47,7 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
         scalar penalty (without ``lambda``), differentiable w.r.t. the critic's parameters.
     """
     eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
-    x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    grad = input_gradient(critic, eps * real + (1 - eps) * fake.detach())
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
@@ -53,9 +60,7 @@ def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
     Returns:
         scalar penalty, differentiable w.r.t. the critic's parameters.
     """
-    x = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
-    return grad.float().flatten(1).pow(2).sum(1).mean()
+    return input_gradient(critic, real).float().flatten(1).pow(2).sum(1).mean()
 
 
 class GANObjective:

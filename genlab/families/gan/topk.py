@@ -17,6 +17,8 @@ the schedule.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,13 +36,25 @@ class TopK(nn.Module):
     def __init__(self, min_fraction: float = 0.5, gamma: float = 0.99, every: int = 500) -> None:
         super().__init__()
         if not 0.0 < min_fraction <= 1.0:
-            raise ValueError(f"model.top_k.min_fraction must be in (0, 1] (the least share of fakes kept), got {min_fraction}")
+            raise ValueError(f"model.top_k.min_fraction must be in (0, 1] (the least share of fakes kept), "
+                             f"got {min_fraction}")
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"model.top_k.gamma must be in (0, 1] (the decay of k per `every` steps), got {gamma}")
         if every < 1:
             raise ValueError(f"model.top_k.every must be >= 1 generator steps, got {every}")
         self.min_fraction, self.gamma, self.every = min_fraction, gamma, every
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    @staticmethod
+    def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
+        """``model.top_k`` as TopK's keyword arguments; a clear error for unknown keys or bad values."""
+        config = dict(config)
+        unknown = set(config) - {"min_fraction", "gamma", "every"}
+        if unknown:
+            raise ValueError(f"model.top_k has unknown keys {sorted(unknown)}: use min_fraction, gamma, every "
+                             "(or model.top_k=null for plain training)")
+        TopK(**config)  # the value checks of __init__
+        return config
 
     def k(self, batch: int, steps: int | None = None) -> int:
         """``k`` for a batch of ``batch`` fakes after ``steps`` generator steps (default: the count so far)."""
