@@ -2,7 +2,7 @@
 """Sampling-time checks of a trained diffusion model: DDIM steps and eta, scored in-domain.
 
     python scripts/diffusion_sampling_checks.py <checkpoint.ckpt> [--settings 50:0 50:1 100:0] [--n 1000]
-        [--cache-dir DIR] [key=value ...]
+        [--guidance 1 2 3] [--cache-dir DIR] [key=value ...]
 
 For each ``STEPS:ETA`` setting, draws ``--n`` samples (seed 0, EMA weights) with
 :class:`genlab.families.diffusion.DDIM` (``eta = 0``: deterministic; ``eta = 1``: ancestral
@@ -10,7 +10,8 @@ with the posterior variances on the respaced chain), or for ``ancestral:STEPS`` 
 :class:`genlab.families.diffusion.Ancestral` (the model's own, e.g. learned, variances), and
 prints one markdown row of the in-domain quality metrics (:mod:`genlab.metrics.quality`: FD,
 precision, recall, confident share, class range) against held-out test images, with the
-sampling time.
+sampling time. ``--guidance W ...`` repeats every setting at each autoguidance weight (a model
+trained with ``model.guidance``; weight 1 = unguided).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def main() -> int:
     p.add_argument("ckpt")
     p.add_argument("--settings", type=parse_setting, nargs="+", default=[parse_setting("50:0"), parse_setting("50:1")],
                    help="samplers to try: STEPS:ETA (DDIM) or ancestral:STEPS")
+    p.add_argument("--guidance", type=float, nargs="+", default=None,
+                   help="autoguidance weights to try (a model trained with model.guidance; 1 = unguided)")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--chunk", type=int, default=250, help="samples drawn per batch")
     p.add_argument("--cache-dir", default=None, help="feature-classifier cache (default <data_dir>/genlab_classifiers)")
@@ -56,13 +59,22 @@ def main() -> int:
     if module.family.name != "diffusion":
         print(f"{a.ckpt} is a {module.family.name} checkpoint, not a diffusion model", file=sys.stderr)
         return 2
+    family = module.family
+    if a.guidance and family.guidance is None:
+        print(f"{a.ckpt} was trained without model.guidance: it has no guide snapshot for --guidance", file=sys.stderr)
+        return 2
+    weights = a.guidance or [family.guidance.weight if family.guidance else 1.0]
     clf, _ = run_classifier(module, dm, a.cache_dir)
     ref = reference_set(dm, a.n)
     print("| sampler | FD | precision | recall | confident (>= 0.9) | class range | s per 1000 samples |")
     print("|---|---|---|---|---|---|---|")
     for sampler in a.settings:
-        x, sec = draw(module, sampler, a.n, a.chunk)
-        print(f"| {describe(sampler)} | {summary_cells(quality_metrics(clf, ref, x))} | {sec:.0f} |", flush=True)
+        for w in weights:
+            if family.guidance is not None:
+                family.guidance.weight = w
+            x, sec = draw(module, sampler, a.n, a.chunk)
+            name = describe(sampler) + (f", guidance {w:g}" if family.guidance is not None else "")
+            print(f"| {name} | {summary_cells(quality_metrics(clf, ref, x))} | {sec:.0f} |", flush=True)
     return 0
 
 

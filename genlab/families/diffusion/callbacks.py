@@ -1,9 +1,13 @@
-"""Logging of the standard error of the diffusion bound (added by ``configs/model/ddpm*.yaml``)."""
+"""Diffusion callbacks (added by ``configs/model/ddpm*.yaml``): the standard error of the bound, and
+the autoguidance snapshot."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 
 from genlab.metrics.likelihood import LN2
 
@@ -53,3 +57,31 @@ class BoundStandardError(L.Callback):
         se = s.standard_errors()
         pl_module.log(f"{stage}/nll_bpd_se", se["examples"] * to_bpd, sync_dist=False)
         pl_module.log(f"{stage}/nll_bpd_se_timesteps", se["timesteps"] * to_bpd, sync_dist=False)
+
+
+class GuideSnapshot(L.Callback):
+    """Freeze the guide of autoguidance (:mod:`genlab.families.diffusion.guidance`) once training
+    has spent the share ``model.guidance.at`` of its budget: the larger of the step share
+    (``global_step / trainer.estimated_stepping_batches``) and the time share (``trainer.max_time``).
+
+    The guide copies the EMA weights when an EMA callback averages the model (else the raw ones),
+    into the live model and into the average alike, so that the average of the frozen copy stays
+    exactly that copy. It is taken once per run (the step is saved with it, so a resumed run does
+    not take it again). A no-op for families without ``model.guidance``.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        guidance = getattr(pl_module.family, "guidance", None)
+        nets = pl_module.nets
+        if guidance is None or "guide" not in nets or nets["guide"].ready:
+            return
+        steps = trainer.global_step / max(trainer.estimated_stepping_batches, 1)
+        if max(steps, pl_module.time_progress()) < guidance.at:
+            return
+        averaged = next((c._average_model.module for c in trainer.callbacks
+                         if isinstance(c, WeightAveraging) and getattr(c, "_average_model", None) is not None), None)
+        source = (averaged or pl_module).nets["net"]
+        for module in (pl_module, averaged):
+            if module is not None:
+                module.nets["guide"].copy_from(source, trainer.global_step)

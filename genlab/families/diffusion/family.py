@@ -25,6 +25,7 @@ stage (:meth:`Diffusion.bound_stats`) and logged by
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 
 from genlab.data.base import DataInfo, check_discrete
 from genlab.families.base import Family, LossOutput
+from genlab.families.diffusion.guidance import Guidance, GuideNet, guided
 from genlab.families.diffusion.objectives import DiffusionObjective, SimpleLoss
 from genlab.families.diffusion.predictions import PREDICTIONS, Prediction
 from genlab.families.diffusion.process import (
@@ -126,6 +128,9 @@ class Diffusion(Family):
             subsample of ``1..T-1``); None (or ``>= T-1``): all of them.
         eval_chunk: most (example, timestep) pairs in one network call of the bound (memory vs speed).
         objective: the training loss (``loss`` group); ``simple`` by default.
+        guidance: autoguidance (:mod:`~genlab.families.diffusion.guidance`): ``{weight, at}``
+            keeps a frozen copy of the EMA weights from the share ``at`` of training as the guide
+            and samples with ``guide + weight * (model - guide)``; None: no guide.
     """
 
     name = "diffusion"
@@ -145,6 +150,7 @@ class Diffusion(Family):
         test_timesteps: int | None = None,
         eval_chunk: int = 4096,
         objective: DiffusionObjective | None = None,
+        guidance: Guidance | dict[str, float] | None = None,
     ) -> None:
         super().__init__(objective or SimpleLoss())
         if timesteps < 2:
@@ -163,6 +169,8 @@ class Diffusion(Family):
         self.process = GaussianDiffusion(self.noise_schedule.betas(timesteps))
         self.fixed_variance, self.clip_denoised = fixed_variance, clip_denoised
         self.val_timesteps, self.test_timesteps, self.eval_chunk = val_timesteps, test_timesteps, eval_chunk
+        self.guidance = Guidance.parse(guidance)
+        self._warned_unguided = False
         self.info: DataInfo | None = None
         self._stats: dict[str, BoundStats] = {}
 
@@ -183,7 +191,10 @@ class Diffusion(Family):
     def build(self, info: DataInfo) -> nn.ModuleDict:
         self.info = info
         out_mult = 2 if self.learns_variance else 1  # a second block for the variances (Eq. 15)
-        return nn.ModuleDict({"net": self.net_factory(shape=tuple(info.shape), out_mult=out_mult)})
+        nets = nn.ModuleDict({"net": self.net_factory(shape=tuple(info.shape), out_mult=out_mult)})
+        if self.guidance is not None:  # filled in during training by callbacks.GuideSnapshot
+            nets["guide"] = GuideNet(nets["net"])
+        return nets
 
     # -- data space <-> [-1, 1] ----------------------------------------------------------------
     def check_discrete(self, x: Tensor) -> Tensor:
@@ -208,11 +219,27 @@ class Diffusion(Family):
         return x.to(torch.uint8 if levels <= 256 else torch.long)
 
     # -- the reverse process ---------------------------------------------------------------------
-    def net_output(self, nets: nn.ModuleDict, process: GaussianDiffusion, x_t: Tensor, t: Tensor) -> Tensor:
-        """Raw network output at ``(x_t, t)``: ``(B, C, ...)``, or ``(B, 2C, ...)`` with learned variances."""
-        out = nets["net"](x_t, process.net_time(t))
-        # fp32 maths after a bf16-autocast net; float64 (the closed-form tests) stays float64
-        return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out
+    def net_output(self, nets: nn.ModuleDict, process: GaussianDiffusion, x_t: Tensor, t: Tensor,
+                   guide: bool = False) -> Tensor:
+        """Raw network output at ``(x_t, t)``: ``(B, C, ...)``, or ``(B, 2C, ...)`` with learned variances.
+        ``guide``: the autoguided prediction (samplers only; :meth:`guided_sampling`)."""
+        out = _fp32(nets["net"](x_t, process.net_time(t)))
+        if guide and self.guided_sampling(nets):
+            out = guided(out, _fp32(nets["guide"](x_t, process.net_time(t))), self.guidance.weight, self.info.shape[0])
+        return out
+
+    def guided_sampling(self, nets: nn.ModuleDict) -> bool:
+        """Whether samples are autoguided: a guidance weight other than 1 and a guide snapshot taken
+        (warns once, and samples unguided, while the run has not reached ``model.guidance.at``)."""
+        if self.guidance is None or self.guidance.weight == 1.0:
+            return False
+        if "guide" in nets and nets["guide"].ready:
+            return True
+        if not self._warned_unguided:
+            self._warned_unguided = True
+            warnings.warn(f"sampling without guidance: the guide snapshot is taken after {self.guidance.at:g} of "
+                          "training and this model has not reached it yet", stacklevel=3)
+        return False
 
     def split_output(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
         """Network output -> (prediction, variance interpolation ``v`` or None)."""
@@ -241,9 +268,10 @@ class Diffusion(Family):
         return ReverseStep(x0, eps, mean, self.log_variance(process, t, x_t, v))
 
     def reverse(self, nets: nn.ModuleDict, process: GaussianDiffusion, x_t: Tensor, t: Tensor,
-                clip: bool = False) -> ReverseStep:
-        """``p(x_{t-1} | x_t)`` on ``process`` (the training chain or a respaced one)."""
-        return self.reverse_from_output(process, x_t, t, self.net_output(nets, process, x_t, t), clip)
+                clip: bool = False, guide: bool = False) -> ReverseStep:
+        """``p(x_{t-1} | x_t)`` on ``process`` (the training chain or a respaced one); ``guide``: with
+        the autoguided prediction (the samplers; never the bound)."""
+        return self.reverse_from_output(process, x_t, t, self.net_output(nets, process, x_t, t, guide), clip)
 
     # -- variational bound ------------------------------------------------------------------------
     def vb_term(self, process: GaussianDiffusion, x0: Tensor, x_t: Tensor, t: Tensor, out: Tensor) -> Tensor:
@@ -320,3 +348,8 @@ class Diffusion(Family):
         given initial noise ``x_T`` ``(n, *shape)``."""
         s = self.sampler if sampler is None else resolve(sampler, SAMPLERS, Sampler, "sampler")
         return self.to_data(s(self, nets, n, x_T))
+
+
+def _fp32(out: Tensor) -> Tensor:
+    """fp32 maths after a bf16-autocast net; float64 (the closed-form tests) stays float64."""
+    return out.float() if out.dtype in (torch.bfloat16, torch.float16) else out

@@ -5,7 +5,8 @@ Both run on the process respaced to ``steps`` steps (:meth:`GaussianDiffusion.re
 the scaled space ``[-1, 1]`` (the family maps it to discrete data). Every step draws one
 ``z ~ N(0, I)`` (also where it is multiplied by 0), so that samplers that define the same
 chain produce the same samples from the same seed: DDIM with ``eta = 1`` on all ``T`` steps
-*is* ancestral DDPM with the posterior variance ``beta~_t``.
+*is* ancestral DDPM with the posterior variance ``beta~_t``. With ``model.guidance`` (and its
+snapshot taken) both use the autoguided prediction (:mod:`genlab.families.diffusion.guidance`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class Ancestral(Sampler):
 
     def step(self, family: Diffusion, nets: nn.ModuleDict, process: GaussianDiffusion, x: Tensor, t: Tensor,
              z: Tensor) -> Tensor:
-        rev = family.reverse(nets, process, x, t, clip=family.clip_denoised)
+        rev = family.reverse(nets, process, x, t, clip=family.clip_denoised, guide=True)
         last = (t == 0).view(-1, *([1] * (x.ndim - 1)))
         return rev.mean + torch.where(last, 0.0, torch.exp(0.5 * rev.logvar)) * z
 
@@ -87,7 +88,7 @@ class DDIM(Sampler):
 
     def step(self, family: Diffusion, nets: nn.ModuleDict, process: GaussianDiffusion, x: Tensor, t: Tensor,
              z: Tensor) -> Tensor:
-        rev = family.reverse(nets, process, x, t, clip=family.clip_denoised)
+        rev = family.reverse(nets, process, x, t, clip=family.clip_denoised, guide=True)
         ab, ab_prev = process.at("alpha_bar", t, x), process.at("alpha_bar_prev", t, x)
         sigma2 = self.eta**2 * (1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)
         return ab_prev.sqrt() * rev.x0 + (1 - ab_prev - sigma2).clamp_min(0).sqrt() * rev.eps + sigma2.sqrt() * z
