@@ -2,7 +2,7 @@
 """Sampling-time checks of a trained diffusion model: DDIM steps and eta, scored in-domain.
 
     python scripts/diffusion_sampling_checks.py <checkpoint.ckpt> [--settings 50:0 50:1 100:0] [--n 1000]
-        [--guidance 1 2 3] [--cache-dir DIR] [key=value ...]
+        [--guidance 1 2 3 [--guide-ckpt OTHER.ckpt]] [--cache-dir DIR] [key=value ...]
 
 For each ``STEPS:ETA`` setting, draws ``--n`` samples (seed 0, EMA weights) with
 :class:`genlab.families.diffusion.DDIM` (``eta = 0``: deterministic; ``eta = 1``: ancestral
@@ -11,19 +11,24 @@ with the posterior variances on the respaced chain), or for ``ancestral:STEPS`` 
 prints one markdown row of the in-domain quality metrics (:mod:`genlab.metrics.quality`: FD,
 precision, recall, confident share, class range) against held-out test images, with the
 sampling time. ``--guidance W ...`` repeats every setting at each autoguidance weight (a model
-trained with ``model.guidance``; weight 1 = unguided).
+trained with ``model.guidance``; weight 1 = unguided). ``--guide-ckpt`` takes the guide from another
+checkpoint of the same architecture and parametrisation instead (its EMA weights: e.g. an earlier
+checkpoint of the run, or a worse model), also for a model trained without ``model.guidance``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+import torch
 
 from bench_diffusion import draw  # scripts/ is on sys.path when this file runs
 
 from genlab.builders import load_run
 from genlab.evaluate import run_classifier, summary_cells
-from genlab.families.diffusion import DDIM, Ancestral, Sampler
+from genlab.families.diffusion import DDIM, Ancestral, Guidance, GuideNet, Sampler
 from genlab.metrics.quality import quality_metrics, reference_set
 
 
@@ -35,6 +40,22 @@ def parse_setting(text: str) -> Sampler:
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"a setting is STEPS:ETA such as 50:0 or 50:1, or ancestral:STEPS, "
                                          f"got {text!r} ({e})") from e
+
+
+def use_guide(module: Any, ckpt: str) -> None:
+    """Make ``ckpt``'s denoiser (EMA weights) the guide of ``module`` (autoguidance)."""
+    other, _ = load_run(ckpt)
+    net = module.nets["net"]
+    if other.family.name != "diffusion" or type(other.nets["net"]) is not type(net) or any(
+            a.shape != b.shape for a, b in zip(other.nets["net"].state_dict().values(), net.state_dict().values())):
+        raise SystemExit(f"--guide-ckpt {ckpt}: the guide must be a diffusion model with the same network as the model")
+    if type(other.family.prediction) is not type(module.family.prediction) or not torch.allclose(
+            other.family.process.tables["alpha_bar"], module.family.process.tables["alpha_bar"]):
+        raise SystemExit(f"--guide-ckpt {ckpt}: the guide must predict the same target on the same noise schedule")
+    module.nets["guide"] = GuideNet(other.nets["net"])
+    module.nets["guide"].taken_at.fill_(float(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]))
+    if module.family.guidance is None:
+        module.family.guidance = Guidance()
 
 
 def describe(sampler: Sampler) -> str:
@@ -50,6 +71,7 @@ def main() -> int:
                    help="samplers to try: STEPS:ETA (DDIM) or ancestral:STEPS")
     p.add_argument("--guidance", type=float, nargs="+", default=None,
                    help="autoguidance weights to try (a model trained with model.guidance; 1 = unguided)")
+    p.add_argument("--guide-ckpt", default=None, help="use this checkpoint's weights as the autoguidance guide")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--chunk", type=int, default=250, help="samples drawn per batch")
     p.add_argument("--cache-dir", default=None, help="feature-classifier cache (default <data_dir>/genlab_classifiers)")
@@ -60,6 +82,8 @@ def main() -> int:
         print(f"{a.ckpt} is a {module.family.name} checkpoint, not a diffusion model", file=sys.stderr)
         return 2
     family = module.family
+    if a.guide_ckpt:
+        use_guide(module, a.guide_ckpt)
     if a.guidance and family.guidance is None:
         print(f"{a.ckpt} was trained without model.guidance: it has no guide snapshot for --guidance", file=sys.stderr)
         return 2

@@ -3,7 +3,9 @@
 frozen copy of the EMA weights taken once at the configured share of training, saved, resumed and
 reloaded with the checkpoint."""
 
+import importlib
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,7 +102,8 @@ def test_bad_guidance_settings_name_the_fix(value, match):
         Guidance.parse(value)
 
 
-def test_the_snapshot_is_the_ema_at_the_share_of_training_saved_resumed_and_reloaded(make_cfg, tmp_path):
+def test_the_snapshot_is_the_ema_at_the_share_of_training_saved_resumed_and_reloaded(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "scripts"))
     short = ["+trainer.limit_train_batches=4", "+trainer.limit_val_batches=1", "model.test_timesteps=2",
              "+trainer.limit_test_batches=1", "model.guidance={weight: 2.0, at: 0.5}"]
     full = _toy_run(make_cfg, *short, "trainer.max_epochs=2", name="full")  # 8 steps: the guide at step 4
@@ -135,3 +138,10 @@ def test_the_snapshot_is_the_ema_at_the_share_of_training_saved_resumed_and_relo
     unguided_run = _toy_run(make_cfg, *short[:-1], "trainer.max_epochs=1", name="plain")
     with pytest.raises(ValueError, match="trained without model.guidance"):
         load_run(unguided_run["checkpoint"], overrides=["model.guidance={weight: 2.0, at: 0.5}"])
+    # ... but scripts/diffusion_sampling_checks.py --guide-ckpt can lend it another checkpoint's weights as the guide
+    checks = importlib.import_module("diffusion_sampling_checks")
+    lent, _ = load_run(unguided_run["checkpoint"])
+    checks.use_guide(lent, full["checkpoint"])
+    assert lent.family.guidance is not None and float(lent.nets["guide"].taken_at) == 8.0
+    for k, v in lent.nets["guide"].net.state_dict().items():
+        assert torch.equal(v, ema[f"nets.net.{k}"])
