@@ -134,6 +134,10 @@ def test_the_snapshot_is_the_ema_at_the_share_of_training_saved_resumed_and_relo
     torch.manual_seed(0)
     unguided = DDIM(steps=10, eta=0.0)(plain.family, plain.nets, 256, x_T=x_T)
     assert not torch.allclose(guided, unguided)
+    dropped, _ = load_run(full["checkpoint"], overrides=["model.guidance=null"])  # the snapshot unused
+    assert "guide" not in dropped.nets
+    torch.manual_seed(0)
+    torch.testing.assert_close(DDIM(steps=10, eta=0.0)(dropped.family, dropped.nets, 256, x_T=x_T), unguided)
     # a checkpoint without a guide cannot be sampled with guidance: the error says so
     unguided_run = _toy_run(make_cfg, *short[:-1], "trainer.max_epochs=1", name="plain")
     with pytest.raises(ValueError, match="trained without model.guidance"):

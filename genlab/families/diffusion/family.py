@@ -345,7 +345,7 @@ class Diffusion(Family):
     def sample(self, nets: nn.ModuleDict, n: int, sampler: Sampler | str | None = None,
                x_T: Tensor | None = None) -> Tensor:
         """``n`` samples in data space with ``sampler`` (default ``model.sampler``), optionally from
-        given initial noise ``x_T`` ``(n, *shape)``."""
+        given initial noise ``x_T`` ``(n, *shape)``; autoguided when ``model.guidance`` says so."""
         s = self.sampler if sampler is None else resolve(sampler, SAMPLERS, Sampler, "sampler")
         return self.to_data(s(self, nets, n, x_T))
 
