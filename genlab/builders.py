@@ -144,15 +144,8 @@ def load_run(ckpt_path: str, map_location: str = "cpu", overrides: list[str] | N
     datamodule = instantiate(cfg.dataset)
     module = GenerativeModule(build_family(cfg), datamodule.info, instantiate(cfg.optimizer), build_scheduler(cfg),
                               cfg.seed, OmegaConf.to_container(cfg))
-    state, own = ckpt["state_dict"], module.state_dict()
-    missing = sorted({k.split(".")[1] for k in own if k not in state})
-    if missing == ["guide"]:
-        raise ValueError(f"{ckpt_path} was trained without model.guidance, so it holds no guide snapshot for "
-                         "autoguidance (the guide is frozen during training). Fix: drop the model.guidance override, "
-                         "or retrain with e.g. model.guidance='{weight: 3.0, at: 0.5}'.")
-    # model.guidance=null on a guided run: its guide snapshot is simply not used
-    state = {k: v for k, v in state.items() if k in own or not k.startswith("nets.guide.")}
-    module.load_state_dict(state)
+    module.on_load_checkpoint(ckpt)  # as Lightning does: the family adapts the saved weights to its config
+    module.load_state_dict(ckpt["state_dict"])
     return module.eval(), datamodule
 
 

@@ -222,7 +222,16 @@ class GenerativeModule(L.LightningModule):
         checkpoint["genlab_history"] = self.history
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the history; let the family adapt the saved weights to its configuration
+        (:meth:`Family.adapt_state`) before they are loaded (also the raw ones of an EMA run)."""
         self.history = list(checkpoint.get("genlab_history", []))
+        for key in ("state_dict", "current_model_state"):
+            if key in checkpoint:
+                state = checkpoint[key]
+                nets = {k.removeprefix("nets."): v for k, v in state.items() if k.startswith("nets.")}
+                rest = {k: v for k, v in state.items() if not k.startswith("nets.")}
+                adapted = self.family.adapt_state(self.nets, nets)
+                checkpoint[key] = {**rest, **{f"nets.{k}": v for k, v in adapted.items()}}
 
 
 def _accepts(factory: Callable[..., Any], name: str) -> bool:

@@ -55,6 +55,11 @@ class EMAWeightAveraging(_LightningEMA):
         if warmup:
             self._kwargs["avg_fn"] = partial(warm_ema, decay=decay)
 
+    @property
+    def average(self) -> L.LightningModule | None:
+        """The averaged copy of the module while fitting (None before ``setup``)."""
+        return None if self._average_model is None else self._average_model.module
+
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)

@@ -97,6 +97,11 @@ class Family:
     def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
         raise NotImplementedError
 
+    def adapt_state(self, nets: nn.ModuleDict, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A checkpoint's weights of ``nets`` (keys relative to ``nets``) as this configuration of the
+        family loads them, or a clear error where they cannot be; unchanged by default."""
+        return state
+
     def log_likelihood(self, nets: nn.ModuleDict, batch: dict[str, Tensor], **kwargs) -> LogLikelihood | None:
         """Per-example discrete log-likelihood; None for families without one."""
         return None

@@ -7,8 +7,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import WeightAveraging
 
+from genlab.callbacks.ema import EMAWeightAveraging
 from genlab.metrics.likelihood import LN2
 
 
@@ -67,21 +67,27 @@ class GuideSnapshot(L.Callback):
     The guide copies the EMA weights when an EMA callback averages the model (else the raw ones),
     into the live model and into the average alike, so that the average of the frozen copy stays
     exactly that copy. It is taken once per run (the step is saved with it, so a resumed run does
-    not take it again). A no-op for families without ``model.guidance``.
+    not take it again). A no-op for families without ``model.guidance``. Whether a snapshot is due is
+    decided at the start of training, so the training steps pay only a comparison.
     """
+
+    def __init__(self) -> None:
+        self._at: float | None = None  # the share at which the snapshot is still to be taken
+        self._total = 1.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        guidance, nets = getattr(pl_module.family, "guidance", None), pl_module.nets
+        due = guidance is not None and "guide" in nets and not nets["guide"].ready
+        self._at = guidance.at if due else None
+        self._total = max(float(trainer.estimated_stepping_batches), 1.0)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        guidance = getattr(pl_module.family, "guidance", None)
-        nets = pl_module.nets
-        if guidance is None or "guide" not in nets or nets["guide"].ready:
+        if self._at is None or max(trainer.global_step / self._total, pl_module.time_progress()) < self._at:
             return
-        steps = trainer.global_step / max(trainer.estimated_stepping_batches, 1)
-        if max(steps, pl_module.time_progress()) < guidance.at:
-            return
-        averaged = next((c._average_model.module for c in trainer.callbacks
-                         if isinstance(c, WeightAveraging) and getattr(c, "_average_model", None) is not None), None)
+        averaged = next((c.average for c in trainer.callbacks if isinstance(c, EMAWeightAveraging)), None)
         source = (averaged or pl_module).nets["net"]
         for module in (pl_module, averaged):
             if module is not None:
                 module.nets["guide"].copy_from(source, trainer.global_step)
+        self._at = None

@@ -196,6 +196,18 @@ class Diffusion(Family):
             nets["guide"] = GuideNet(nets["net"])
         return nets
 
+    def adapt_state(self, nets: nn.ModuleDict, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The guide snapshot: required with ``model.guidance`` (it cannot be made after training),
+        ignored with ``model.guidance=null``."""
+        saved = any(k.startswith("guide.") for k in state)
+        if "guide" in nets and not saved:
+            raise ValueError("this checkpoint was trained without model.guidance, so it holds no guide snapshot for "
+                             "autoguidance (the guide is frozen during training). Fix: drop the model.guidance "
+                             "override, or retrain with e.g. model.guidance='{weight: 4.0, at: 0.5}'.")
+        if "guide" not in nets and saved:
+            return {k: v for k, v in state.items() if not k.startswith("guide.")}
+        return state
+
     # -- data space <-> [-1, 1] ----------------------------------------------------------------
     def check_discrete(self, x: Tensor) -> Tensor:
         """Validate a batch of discrete data (shape, integer values in ``0..L-1``); returns ``x``."""
