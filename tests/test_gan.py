@@ -20,6 +20,7 @@ from genlab.families.gan.nets import DCGANDiscriminator, DCGANGenerator, add_spe
 from genlab.families.gan.rejection import RejectionCalibration, fit_platt, rejection_sample
 from genlab.families.gan.topk import TopK
 from genlab.module import NonFiniteLossError, TrainingDivergedError
+from genlab.nets.conv import num_downsamples
 from genlab.train import report, run
 
 SMALL_RING = ["experiment=gan_mixture2d", "dataset.n_train=1024", "dataset.n_val=256", "dataset.n_test=256",
@@ -142,6 +143,27 @@ def test_dcgan_nets_are_sized_from_the_image_shape(shape, sn):
     x = gen(torch.randn(3, 16))
     assert x.shape == (3, *shape) and disc(x).shape == (3, 1)
     assert sn == any("parametrizations" in k for k in disc.state_dict())
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4), (1, 28, 28)])
+def test_extra_convs_deepen_both_nets_at_the_same_resolutions(shape):
+    def convs(net):
+        return [m for m in net.modules() if isinstance(m, nn.Conv2d) and m.stride == (1, 1) and m.kernel_size == (3, 3)]
+
+    for k in (0, 2):
+        gen = DCGANGenerator(in_dim=16, out_dim=shape, channels=4, extra_convs=k)
+        disc = DCGANDiscriminator(in_dim=shape, out_dim=1, channels=4, extra_convs=k)
+        x = gen(torch.randn(3, 16))
+        assert x.shape == (3, *shape) and disc(x).shape == (3, 1)
+        n = num_downsamples(shape[-1], 4)
+        # generator: k per resolution before the output layer (n of them; one 3x3 output conv when n = 0);
+        # discriminator: k after each stride-2 conv (after its 3x3 input conv when n = 0)
+        assert len(convs(gen)) == k * max(n, 1) + (n == 0)
+        assert len(convs(disc)) == k * max(n, 1) + (n == 0)
+        # every extra conv keeps its channels (ch -> ch), so the resolutions and widths are unchanged
+        assert all(c.in_channels == c.out_channels for c in convs(disc)[(n == 0):])
+    with pytest.raises(ValueError, match="extra_convs must be a whole number >= 0"):
+        DCGANGenerator(in_dim=16, out_dim=shape, extra_convs=-1)
 
 
 @pytest.mark.parametrize("loss", [["loss=wgan_gp", "loss.n_critic=1"], ["loss=nonsaturating", "loss.r1_gamma=1.0"]],

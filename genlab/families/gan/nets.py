@@ -11,6 +11,7 @@ puts spectral normalisation (Miyato et al. 2018) on every linear / conv layer of
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -36,13 +37,17 @@ class DCGANGenerator(nn.Module):
     ReLU, then ``n - 1`` x [ConvTranspose 4x4 stride 2, BatchNorm, ReLU] halving the channels,
     then a last ConvTranspose 4x4 stride 2 to ``C`` channels (Radford et al. 2016, Fig. 1);
     ``n = 0`` (images of at most ``min_size``): a 3x3 conv instead. ``out_dim = (C, H, W)``.
+    ``extra_convs = k`` adds ``k`` x [Conv 3x3 stride 1, BatchNorm, ReLU] at every resolution
+    before the output layer (after the projection and after each intermediate upsampling):
+    a deeper generator at the same resolutions.
     """
 
     input_kinds = ("image",)
 
     def __init__(self, in_dim: int, out_dim: tuple[int, int, int], channels: int = 64, min_size: int = 4,
-                 batch_norm: bool = True) -> None:
+                 batch_norm: bool = True, extra_convs: int = 0) -> None:
         super().__init__()
+        _check_extra(extra_convs)
         c, h, w = out_dim
         n = num_downsamples(max(h, w), min_size)
         self.out_hw = (h, w)
@@ -50,9 +55,11 @@ class DCGANGenerator(nn.Module):
         self.head = nn.Linear(in_dim, math.prod(self.start))
         ch = self.start[0]
         layers: list[nn.Module] = [_norm(ch, batch_norm), nn.ReLU()]
+        layers += _extra(ch, extra_convs, lambda: _norm(ch, batch_norm), nn.ReLU)
         for _ in range(n - 1):
             layers += [nn.ConvTranspose2d(ch, ch // 2, 4, stride=2, padding=1), _norm(ch // 2, batch_norm), nn.ReLU()]
             ch //= 2
+            layers += _extra(ch, extra_convs, lambda: _norm(ch, batch_norm), nn.ReLU)
         layers.append(nn.ConvTranspose2d(ch, c, 4, stride=2, padding=1) if n else nn.Conv2d(ch, c, 3, padding=1))
         self.body = nn.Sequential(*layers)
 
@@ -68,25 +75,46 @@ class DCGANDiscriminator(nn.Module):
     after that (Radford et al. 2016), then a linear head; ``n = 0``: one 3x3 conv. No
     normalisation layer: batch norm would couple the examples of a batch, which the gradient
     penalty forbids (Gulrajani et al. 2017, Sec. 4); use the family's ``spectral_norm`` option.
+    ``extra_convs = k`` adds ``k`` x [Conv 3x3 stride 1, LeakyReLU] after each stride-2 conv (after
+    the first 3x3 conv when ``n = 0``): a deeper discriminator at the same resolutions, close to
+    SNGAN's "standard CNN" (Miyato et al. 2018, Table 3) with ``k = 1``.
     """
 
     input_kinds = ("image",)
 
     def __init__(self, in_dim: tuple[int, int, int], out_dim: int = 1, channels: int = 64, min_size: int = 4,
-                 negative_slope: float = 0.2) -> None:
+                 negative_slope: float = 0.2, extra_convs: int = 0) -> None:
         super().__init__()
+        _check_extra(extra_convs)
         c, h, w = in_dim
         n = num_downsamples(max(h, w), min_size)
-        layers: list[nn.Module] = [] if n else [nn.Conv2d(c, channels, 3, padding=1), nn.LeakyReLU(negative_slope)]
+        act = lambda: nn.LeakyReLU(negative_slope)  # noqa: E731
+        layers: list[nn.Module] = [] if n else [nn.Conv2d(c, channels, 3, padding=1), act()]
+        if not n:
+            layers += _extra(channels, extra_convs, nn.Identity, act)
         ch_in, ch = c, channels
         for _ in range(n):
-            layers += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), nn.LeakyReLU(negative_slope)]
+            layers += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), act()]
+            layers += _extra(ch, extra_convs, nn.Identity, act)
             ch_in, ch, h, w = ch, ch * 2, h // 2, w // 2  # kernel 4, stride 2, padding 1
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear((ch_in if n else channels) * h * w, out_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1))
+
+
+def _check_extra(extra_convs: int) -> None:
+    if not isinstance(extra_convs, int) or isinstance(extra_convs, bool) or extra_convs < 0:
+        raise ValueError(f"extra_convs must be a whole number >= 0 (3x3 convs per resolution), got {extra_convs!r}")
+
+
+def _extra(ch: int, k: int, norm: Callable[[], nn.Module], act: Callable[[], nn.Module]) -> list[nn.Module]:
+    """``k`` x [Conv 3x3 stride 1 (``ch -> ch``), norm, activation]."""
+    layers: list[nn.Module] = []
+    for _ in range(k):
+        layers += [nn.Conv2d(ch, ch, 3, padding=1), norm(), act()]
+    return layers
 
 
 def _norm(channels: int, batch_norm: bool) -> nn.Module:
