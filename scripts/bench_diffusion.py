@@ -8,7 +8,7 @@ results.json: the test NLL (the variational bound, bits/dim, with its standard e
 run's metrics.csv). Then, from the best checkpoint (EMA weights), draws DDIM samples (50 steps,
 ``--ddim-eta``, by default the experiment's ``model.sampler.eta`` = 1: on this benchmark 81.5%
 confident samples against 73.9% with eta = 0), autoguided as the experiment's ``model.guidance`` says
-(the EMA weights at half the budget as the guide, weight 4), and ancestral DDPM samples (all T steps
+(the EMA weights at a quarter of the budget as the guide, weight 3), and ancestral DDPM samples (all T steps
 unless ``--ddpm-steps``), timing each, and writes
 ``<run>/bench_samples/{ddim50,ddpm}.png`` (a grid of the first 64) and ``.pt`` (every sample, uint8
 ``(N, 1, 28, 28)``, for a classifier to score later).

@@ -203,7 +203,7 @@ class Diffusion(Family):
         if "guide" in nets and not saved:
             raise ValueError("this checkpoint was trained without model.guidance, so it holds no guide snapshot for "
                              "autoguidance (the guide is frozen during training). Fix: drop the model.guidance "
-                             "override, or retrain with e.g. model.guidance='{weight: 4.0, at: 0.5}'.")
+                             "override, or retrain with e.g. model.guidance='{weight: 3.0, at: 0.25}'.")
         if "guide" not in nets and saved:
             return {k: v for k, v in state.items() if not k.startswith("guide.")}
         return state

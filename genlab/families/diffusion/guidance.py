@@ -52,7 +52,7 @@ class Guidance:
             return value
         if not isinstance(value, Mapping):
             raise ValueError(f"model.guidance={value!r}: give null or a node such as "
-                             "model.guidance='{weight: 4.0, at: 0.5}'")
+                             "model.guidance='{weight: 3.0, at: 0.25}'")
         known = {f.name for f in fields(cls)}
         if unknown := set(value) - known:
             raise ValueError(f"model.guidance has unknown key(s) {sorted(unknown)}: the keys are {sorted(known)}")
