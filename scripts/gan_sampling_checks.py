@@ -1,38 +1,65 @@
 #!/usr/bin/env python
-"""Sampling-time checks of a trained GAN: the truncation trick, the raw generator vs its EMA, and
-discriminator rejection sampling at several quantiles.
+"""Sampling-time checks of a trained GAN: the truncation trick, the raw generator vs its EMA, batch
+norm with the running statistics vs the sampled batch's own, discriminator-driven latent
+refinement at several settings, and discriminator rejection sampling at several quantiles.
 
-    python scripts/gan_sampling_checks.py <checkpoint.ckpt> [--n 1000] [--cache-dir DIR] [key=value ...]
+    python scripts/gan_sampling_checks.py <checkpoint.ckpt> [--n 1000] [--refine 20:0.05:1 ...]
+        [--drs-quantiles M ...] [--cache-dir DIR] [key=value ...]
 
 For each setting, draws ``--n`` samples (seed 0) and prints the in-domain quality metrics
 (:mod:`genlab.metrics.quality`: FD, precision, recall, confident share, class range) against
 held-out test images. Truncation (Brock et al. 2019) draws ``z`` from a standard normal
-truncated to ``[-a, a]``. Discriminator rejection sampling (Azadi et al. 2019,
-:mod:`genlab.families.gan.rejection`) is calibrated here on 1,000 validation images for each
-quantile ``M`` (``--drs-quantiles``), whether or not the run was trained with it.
+truncated to ``[-a, a]``. Latent refinement (Tanaka 2019, :mod:`genlab.families.gan.refine`)
+moves each ``z`` ``STEPS`` Adam steps of size ``LR`` up ``D(G(z)) - PENALTY ||z - z0||``.
+Discriminator rejection sampling (Azadi et al. 2019, :mod:`genlab.families.gan.rejection`) is
+calibrated here on 1,000 validation images for each quantile ``M`` (``--drs-quantiles``), whether
+or not the run was trained with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
 import torch
 
 from genlab.builders import load_run
 from genlab.families.gan.callbacks import calibration_images
+from genlab.families.gan.refine import LatentRefinement
 from genlab.families.gan.rejection import RejectionCalibration
 from genlab.evaluate import run_classifier, summary_cells
 from genlab.metrics.quality import quality_metrics, reference_set
 
 
 @torch.no_grad()
-def draw(family, generator, n: int, truncation: float | None) -> torch.Tensor:
+def draw(family, generator, n: int, truncation: float | None, nets=None) -> torch.Tensor:
+    """``n`` samples (seed 0) of ``generator``; through the family's latent refinement when ``nets``."""
     torch.manual_seed(0)
     z = torch.randn(n, family.latent_dim)
     if truncation:
         torch.nn.init.trunc_normal_(z, 0.0, 1.0, -truncation, truncation)
+    if nets is not None:
+        return family.to_data(family.draw(nets, generator, n, z.device, z=z))
     return family.to_data(family.generate(generator, n, z.device, z=z))
+
+
+def refinement(spec: str) -> LatentRefinement:
+    """``STEPS:LR:PENALTY`` -> the refinement."""
+    try:
+        steps, lr, penalty = spec.split(":")
+        return LatentRefinement(int(steps), float(lr), float(penalty))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--refine {spec!r}: use STEPS:LR:PENALTY, e.g. 20:0.05:1 ({e})") from e
+
+
+def batch_stats(generator: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``generator`` whose batch-norm layers normalise with each batch's own statistics."""
+    g = copy.deepcopy(generator).eval()
+    for m in g.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+    return g
 
 
 def main() -> int:
@@ -41,6 +68,8 @@ def main() -> int:
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--drs-quantiles", type=float, nargs="*", default=[0.8, 0.95, 0.99],
                    help="rejection-sampling bounds M to try (quantiles of the generated log-ratios)")
+    p.add_argument("--refine", type=refinement, nargs="*", default=[],
+                   help="latent refinements to try, STEPS:LR:PENALTY (e.g. 20:0.05:1)")
     p.add_argument("--cache-dir", default=None, help="feature-classifier cache (default <data_dir>/genlab_classifiers)")
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.data_dir=../shared/data")
     a = p.parse_intermixed_args()
@@ -63,6 +92,17 @@ def main() -> int:
     for name, trunc in settings:
         if name in nets:
             row(name, trunc, "-", draw(family, nets[name], a.n, trunc))
+    for name in ("generator_ema", "generator"):
+        if name in nets and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in nets[name].modules()):
+            # batch norm with the statistics of the n samples' own batch, not the running averages
+            row(f"{name}, batch-norm batch statistics", None, "-", draw(family, batch_stats(nets[name]), a.n, None))
+    own = family.refine  # the run's setting, restored for the rejection rows
+    for spec in a.refine:
+        family.refine = spec
+        name = "generator_ema" if "generator_ema" in nets else "generator"
+        row(f"{name}, refined ({spec.steps} steps, lr {spec.lr:g}, penalty {spec.penalty:g})", None, "-",
+            draw(family, nets[name], a.n, None, nets=nets))
+    family.refine = own
     images = calibration_images(dm)
     for quantile in a.drs_quantiles:  # replaces the run's own calibration, if any
         nets["rejection"] = RejectionCalibration(quantile)

@@ -18,6 +18,9 @@ Yazici et al. 2019), ``nets["generator_ema"]``, updated at every generator step.
 Optionally (``rejection_sampling``), samples pass through discriminator rejection sampling
 (Azadi et al. 2019; :mod:`genlab.families.gan.rejection`), calibrated on held-out real images at
 every validation by :class:`genlab.families.gan.callbacks.RejectionCalibrator`.
+Optionally (``refine``), each sample's latent is first moved a few Adam steps up the
+discriminator's score, held near its start by a distance penalty (discriminator optimal
+transport, Tanaka 2019; :mod:`genlab.families.gan.refine`).
 
 Optionally (``categorical_codes = K``), the latent also carries a uniform categorical code
 ``c in {0..K-1}`` (one-hot, appended to ``z``) and the discriminator a second head ``Q(c | y)``
@@ -47,6 +50,7 @@ from genlab.data.base import DataInfo
 from genlab.families.base import Family, LossOutput
 from genlab.families.gan.nets import add_spectral_norm
 from genlab.families.gan.objectives import GANObjective, NonSaturating
+from genlab.families.gan.refine import LatentRefinement
 from genlab.families.gan.rejection import RejectionCalibration, rejection_sample
 from genlab.families.gan.topk import TopK
 from genlab.nets import input_kind_error
@@ -98,6 +102,9 @@ class GAN(Family):
         top_k: top-k generator training (Sinha et al. 2020; :mod:`genlab.families.gan.topk`):
             ``{min_fraction, gamma, every}``, the generator loss over the ``k`` fakes the
             discriminator rates most real; None: off.
+        refine: discriminator-driven latent refinement of the samples (Tanaka 2019;
+            :mod:`genlab.families.gan.refine`): ``{steps, lr, penalty}``, Adam steps on each
+            latent maximising ``D(G(z)) - penalty ||z - z0||``; None: off. Samples only.
         objective: the GAN loss (``loss`` group); non-saturating by default.
     """
 
@@ -122,6 +129,7 @@ class GAN(Family):
         categorical_codes: int = 0,
         info_weight: float = 1.0,
         top_k: dict[str, Any] | None = None,
+        refine: dict[str, Any] | None = None,
         objective: GANObjective | None = None,
     ) -> None:
         super().__init__(objective if objective is not None else NonSaturating())
@@ -139,6 +147,7 @@ class GAN(Family):
             raise ValueError(f"model.info_weight={info_weight} must be >= 0")
         self.codes, self.info_weight = categorical_codes, info_weight
         self.top_k = TopK.check_config(top_k) if top_k is not None else None  # checked now, not at a G step
+        self.refine = LatentRefinement.parse(refine)
         self.info: DataInfo | None = None
 
     # -- setup -----------------------------------------------------------------------
@@ -211,6 +220,22 @@ class GAN(Family):
     def generate(self, generator: nn.Module, n: int, device: torch.device, z: Tensor | None = None) -> Tensor:
         """``tanh(G(z[, c]))``: ``(n, *shape)`` in model space."""
         return self.generate_with_codes(generator, n, device, z)[0]
+
+    def draw(self, nets: nn.ModuleDict, generator: nn.Module, n: int, device: torch.device,
+             z: Tensor | None = None) -> Tensor:
+        """``n`` samples of ``generator`` in model space, through latent refinement when ``refine`` is
+        set (the codes, with ``categorical_codes``, are drawn once and kept; only ``z`` moves)."""
+        if self.refine is None:
+            return self.generate(generator, n, device, z)
+        inp, _ = self.latent(n, device, z)
+        z0, code = inp[:, : self.latent_dim], inp[:, self.latent_dim:]
+
+        def fake(zz: Tensor) -> Tensor:
+            return torch.tanh(generator(torch.cat([zz, code], dim=1))).view(n, *self.info.shape)
+
+        z1 = self.refine(lambda zz: self.discriminate(nets, fake(zz)), z0)
+        with torch.no_grad():
+            return fake(z1)
 
     # -- contract ----------------------------------------------------------------------
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor], group: Group | None = None) -> LossOutput:
@@ -297,27 +322,28 @@ class GAN(Family):
         """Fit the rejection sampler (``nets["rejection"]``) on held-out real data ``x``
         (discrete, ``(N, *shape)``) against as many samples of the sampling generator."""
         real = self.to_model(x)
-        fake = self.generate(self.sampling_generator(nets), real.shape[0], real.device)
+        fake = self.draw(nets, self.sampling_generator(nets), real.shape[0], real.device)
         return nets["rejection"].calibrate(self.discriminate(nets, real), self.discriminate(nets, fake),
                                            nets["discriminator"])
 
     @torch.no_grad()
     def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
-        """``n`` samples in data space (uint8), from the generator EMA where there is one;
-        through discriminator rejection sampling when it is on and calibrated."""
+        """``n`` samples in data space (uint8), from the generator EMA where there is one; with
+        latent refinement when ``refine`` is set, and through discriminator rejection sampling
+        (of the refined proposals) when it is on and calibrated."""
         generator = self.sampling_generator(nets)
         device = next(nets.parameters()).device
         rejection = nets["rejection"] if "rejection" in nets else None
         if rejection is None or not rejection.ready:
-            return self.to_data(self.generate(generator, n, device))
+            return self.to_data(self.draw(nets, generator, n, device))
         if not rejection.ready_for(nets["discriminator"]):  # (shown once per call site)
             warnings.warn("GAN rejection sampling: the calibration was fitted for other discriminator weights "
                           "(it is refitted at every validation); sampling without rejection until then",
                           stacklevel=2)
-            return self.to_data(self.generate(generator, n, device))
+            return self.to_data(self.draw(nets, generator, n, device))
 
         def propose(m: int) -> tuple[Tensor, Tensor]:
-            y = self.generate(generator, m, device)
+            y = self.draw(nets, generator, m, device)
             return y, rejection.log_ratio(self.discriminate(nets, y).double())
 
         y, _ = rejection_sample(propose, n, rejection.bound.item(), rejection.acceptance.item())
