@@ -8,8 +8,8 @@ is run separately on the ``.pt`` file written here.
     python scripts/bench_gan.py --data-dir ../shared/data [--minutes 20] [--threads 1] [-- extra hydra overrides]
 
 Runs ``genlab-train experiment=gan_mnist``, rebuilds the run from its last checkpoint
-(:func:`genlab.builders.load_run`), draws ``--num-samples`` images from the generator EMA with a
-fixed seed and writes ``<run>/bench_samples.png`` (a grid of the first 100) and
+(:func:`genlab.builders.load_run`), draws ``--num-samples`` images from the generator EMA (refined by the
+discriminator where ``model.refine`` is set, as in the experiment) with a fixed seed and writes ``<run>/bench_samples.png`` (a grid of the first 100) and
 ``<run>/bench_samples.pt`` (uint8 ``(N, 1, 28, 28)``), then prints one markdown table row.
 With discriminator rejection sampling on (``model.rejection_sampling=true``), also
 ``<run>/bench_samples_drs.{png,pt}``: the same number of samples through the calibrated
@@ -54,6 +54,12 @@ def sample_from_checkpoint(ckpt: str, n: int, seed: int, out: Path) -> list[tupl
     return written
 
 
+def sampler_label(kind: str, results: dict) -> str:
+    """What drew the samples: the generator EMA, refined (``model.refine``) and / or rejection-sampled."""
+    label = "generator EMA" + (", latent refinement" if results["config"]["model"].get("refine") else "")
+    return label + (", discriminator rejection" if kind == "drs" else "")
+
+
 def main() -> int:
     p = bench_parser(__doc__, minutes=20)
     p.add_argument("--num-samples", type=int, default=1000, help="samples written for scoring")
@@ -72,7 +78,7 @@ def main() -> int:
              "samples"],
             [f"{r['model']} ({r['params']:,} params incl. EMA)", r["dataset"], r["loss"], f"{a.minutes} min CPU",
              r["epochs"], steps, f"{steps / (n_critic + 1) / secs:.2f}",
-             "discriminator rejection" if kind == "drs" else "generator EMA", f"{rate:.0f}", r["test"]["nll_kind"],
+             sampler_label(kind, r), f"{rate:.0f}", r["test"]["nll_kind"],
              f"{pt} ({a.num_samples} x uint8), {png}"], r)
     return 0
 

@@ -33,15 +33,13 @@ from genlab.metrics.quality import quality_metrics, reference_set
 
 
 @torch.no_grad()
-def draw(family, generator, n: int, truncation: float | None, nets=None) -> torch.Tensor:
-    """``n`` samples (seed 0) of ``generator``; through the family's latent refinement when ``nets``."""
+def draw(family, nets, generator, n: int, truncation: float | None) -> torch.Tensor:
+    """``n`` samples (seed 0) of ``generator``, through the family's latent refinement where it is set."""
     torch.manual_seed(0)
     z = torch.randn(n, family.latent_dim)
     if truncation:
         torch.nn.init.trunc_normal_(z, 0.0, 1.0, -truncation, truncation)
-    if nets is not None:
-        return family.to_data(family.draw(nets, generator, n, z.device, z=z))
-    return family.to_data(family.generate(generator, n, z.device, z=z))
+    return family.to_data(family.draw(nets, generator, n, z.device, z=z))
 
 
 def refinement(spec: str) -> LatentRefinement:
@@ -89,26 +87,27 @@ def main() -> int:
 
     nets.eval()
     settings = [("generator_ema", None), ("generator", None)] + [("generator_ema", t) for t in (1.5, 1.0, 0.7)]
+    own, family.refine = family.refine, None  # unrefined rows first; the run's setting is restored for DRS
     for name, trunc in settings:
         if name in nets:
-            row(name, trunc, "-", draw(family, nets[name], a.n, trunc))
+            row(name, trunc, "-", draw(family, nets, nets[name], a.n, trunc))
     for name in ("generator_ema", "generator"):
         if name in nets and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in nets[name].modules()):
             # batch norm with the statistics of the n samples' own batch, not the running averages
-            row(f"{name}, batch-norm batch statistics", None, "-", draw(family, batch_stats(nets[name]), a.n, None))
-    own = family.refine  # the run's setting, restored for the rejection rows
+            row(f"{name}, batch-norm batch statistics", None, "-",
+                draw(family, nets, batch_stats(nets[name]), a.n, None))
+    sampler = "generator_ema" if "generator_ema" in nets else "generator"
     for spec in a.refine:
         family.refine = spec
-        name = "generator_ema" if "generator_ema" in nets else "generator"
-        row(f"{name}, refined ({spec.steps} steps, lr {spec.lr:g}, penalty {spec.penalty:g})", None, "-",
-            draw(family, nets[name], a.n, None, nets=nets))
+        row(f"{sampler}, refined ({spec.steps} steps, lr {spec.lr:g}, penalty {spec.penalty:g})", None, "-",
+            draw(family, nets, family.sampling_generator(nets), a.n, None))
     family.refine = own
     images = calibration_images(dm)
     for quantile in a.drs_quantiles:  # replaces the run's own calibration, if any
         nets["rejection"] = RejectionCalibration(quantile)
         torch.manual_seed(8765)
         fit = family.calibrate_rejection(nets, images)
-        row("generator_ema" if "generator_ema" in nets else "generator", None,
+        row(sampler, None,
             f"{quantile:g}, {fit['acceptance']:.2f}", module.sample(a.n, seed=0))
     return 0
 

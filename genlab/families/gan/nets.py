@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -88,14 +89,12 @@ class DCGANDiscriminator(nn.Module):
         _check_extra(extra_convs)
         c, h, w = in_dim
         n = num_downsamples(max(h, w), min_size)
-        act = lambda: nn.LeakyReLU(negative_slope)  # noqa: E731
-        layers: list[nn.Module] = [] if n else [nn.Conv2d(c, channels, 3, padding=1), act()]
-        if not n:
-            layers += _extra(channels, extra_convs, nn.Identity, act)
+        act = partial(nn.LeakyReLU, negative_slope)
+        layers: list[nn.Module] = [] if n else [nn.Conv2d(c, channels, 3, padding=1), act(),
+                                                *_extra(channels, extra_convs, None, act)]
         ch_in, ch = c, channels
         for _ in range(n):
-            layers += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), act()]
-            layers += _extra(ch, extra_convs, nn.Identity, act)
+            layers += [nn.Conv2d(ch_in, ch, 4, stride=2, padding=1), act(), *_extra(ch, extra_convs, None, act)]
             ch_in, ch, h, w = ch, ch * 2, h // 2, w // 2  # kernel 4, stride 2, padding 1
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear((ch_in if n else channels) * h * w, out_dim)
@@ -109,11 +108,11 @@ def _check_extra(extra_convs: int) -> None:
         raise ValueError(f"extra_convs must be a whole number >= 0 (3x3 convs per resolution), got {extra_convs!r}")
 
 
-def _extra(ch: int, k: int, norm: Callable[[], nn.Module], act: Callable[[], nn.Module]) -> list[nn.Module]:
-    """``k`` x [Conv 3x3 stride 1 (``ch -> ch``), norm, activation]."""
+def _extra(ch: int, k: int, norm: Callable[[], nn.Module] | None, act: Callable[[], nn.Module]) -> list[nn.Module]:
+    """``k`` x [Conv 3x3 stride 1 (``ch -> ch``), norm (if any), activation]."""
     layers: list[nn.Module] = []
     for _ in range(k):
-        layers += [nn.Conv2d(ch, ch, 3, padding=1), norm(), act()]
+        layers += [nn.Conv2d(ch, ch, 3, padding=1), *([norm()] if norm else []), act()]
     return layers
 
 

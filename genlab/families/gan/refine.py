@@ -62,7 +62,7 @@ class LatentRefinement:
         if unknown := set(config) - known:
             raise ValueError(f"model.refine has unknown keys {sorted(unknown)}: use {sorted(known)} "
                              "(or model.refine=null)")
-        return cls(**{k: (float(v) if k != "steps" and isinstance(v, int) else v) for k, v in config.items()})
+        return cls(**config)
 
     def __call__(self, score: Callable[[Tensor], Tensor], z0: Tensor) -> Tensor:
         """The refined latents: ``score(z)`` is the discriminator's output ``(B,)`` for latents
