@@ -9,7 +9,8 @@ is run separately on the ``.pt`` file written here.
 
 Runs ``genlab-train experiment=gan_mnist``, rebuilds the run from its last checkpoint
 (:func:`genlab.builders.load_run`), draws ``--num-samples`` images from the generator EMA (refined by the
-discriminator where ``model.refine`` is set, as in the experiment) with a fixed seed and writes ``<run>/bench_samples.png`` (a grid of the first 100) and
+discriminator where ``model.refine`` is set and Jacobian-truncated where ``model.jacobian_truncation`` is,
+as in the experiment) with a fixed seed and writes ``<run>/bench_samples.png`` (a grid of the first 100) and
 ``<run>/bench_samples.pt`` (uint8 ``(N, 1, 28, 28)``), then prints one markdown table row.
 With discriminator rejection sampling on (``model.rejection_sampling=true``), also
 ``<run>/bench_samples_drs.{png,pt}``: the same number of samples through the calibrated
@@ -55,8 +56,11 @@ def sample_from_checkpoint(ckpt: str, n: int, seed: int, out: Path) -> list[tupl
 
 
 def sampler_label(kind: str, results: dict) -> str:
-    """What drew the samples: the generator EMA, refined (``model.refine``) and / or rejection-sampled."""
-    label = "generator EMA" + (", latent refinement" if results["config"]["model"].get("refine") else "")
+    """What drew the samples: the generator EMA, refined (``model.refine``), Jacobian-truncated
+    (``model.jacobian_truncation``) and / or rejection-sampled."""
+    model = results["config"]["model"]
+    label = "generator EMA" + (", latent refinement" if model.get("refine") else "")
+    label += ", Jacobian truncation" if model.get("jacobian_truncation") else ""
     return label + (", discriminator rejection" if kind == "drs" else "")
 
 

@@ -385,6 +385,12 @@ def test_the_mnist_benchmark_experiment_trains_calibrates_and_writes_both_sample
     cfg = results["config"]
     assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["loss"]["_target_"].endswith("Hinge")
     assert results["global_step"] == 4 and results["test"] == {"nll_kind": "none"}
+    # trained channels-last (callbacks.channels_last): the checkpoint's conv weights are NHWC, and load_run
+    # below rebuilds plain NCHW nets from them
+    weights = [w for w in torch.load(results["checkpoints"]["last"], weights_only=False)["state_dict"].values()
+               if w.dim() == 4 and w.shape[1] > 1]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                           for w in weights)
     spec = importlib.util.spec_from_file_location("bench_gan", Path(__file__).parents[1] / "scripts" / "bench_gan.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -21,6 +21,9 @@ every validation by :class:`genlab.families.gan.callbacks.RejectionCalibrator`.
 Optionally (``refine``), each sample's latent is first moved a few Adam steps up the
 discriminator's score, held near its start by a distance penalty (discriminator optimal
 transport, Tanaka 2019; :mod:`genlab.families.gan.refine`).
+Optionally (``jacobian_truncation``), more latents are drawn and only the share whose generator
+Jacobian is smallest is kept: those away from the blends between classes (Tanielian et al. 2020;
+:mod:`genlab.families.gan.jacobian`).
 
 Optionally (``categorical_codes = K``), the latent also carries a uniform categorical code
 ``c in {0..K-1}`` (one-hot, appended to ``z``) and the discriminator a second head ``Q(c | y)``
@@ -48,6 +51,7 @@ from torch.optim.swa_utils import AveragedModel
 from genlab.callbacks.ema import warm_decay
 from genlab.data.base import DataInfo
 from genlab.families.base import Family, LossOutput
+from genlab.families.gan.jacobian import JacobianTruncation
 from genlab.families.gan.nets import add_spectral_norm
 from genlab.families.gan.objectives import GANObjective, NonSaturating
 from genlab.families.gan.refine import LatentRefinement
@@ -105,6 +109,9 @@ class GAN(Family):
         refine: discriminator-driven latent refinement of the samples (Tanaka 2019;
             :mod:`genlab.families.gan.refine`): ``{steps, lr, penalty}``, Adam steps on each
             latent maximising ``D(G(z)) - penalty ||z - z0||``; None: off. Samples only.
+        jacobian_truncation: Jacobian-based truncation of the samples (Tanielian et al. 2020;
+            :mod:`genlab.families.gan.jacobian`): ``{keep, probes, ink_power}``, keep the share
+            ``keep`` of (refined) proposals with the smallest generator Jacobian norm; None: off.
         objective: the GAN loss (``loss`` group); non-saturating by default.
     """
 
@@ -130,6 +137,7 @@ class GAN(Family):
         info_weight: float = 1.0,
         top_k: dict[str, Any] | None = None,
         refine: dict[str, Any] | None = None,
+        jacobian_truncation: dict[str, Any] | None = None,
         objective: GANObjective | None = None,
     ) -> None:
         super().__init__(objective if objective is not None else NonSaturating())
@@ -148,6 +156,7 @@ class GAN(Family):
         self.codes, self.info_weight = categorical_codes, info_weight
         self.top_k = TopK.check_config(top_k) if top_k is not None else None  # checked now, not at a G step
         self.refine = LatentRefinement.parse(refine)
+        self.jacobian_truncation = JacobianTruncation.parse(jacobian_truncation)
         self.info: DataInfo | None = None
 
     # -- setup -----------------------------------------------------------------------
@@ -157,6 +166,9 @@ class GAN(Family):
         for role, factory in (("generator", self.generator_factory), ("discriminator", self.discriminator_factory)):
             if reason := input_kind_error(factory, info.kind, role):
                 return reason
+        if self.jacobian_truncation and self.jacobian_truncation.ink_power and info.kind != "image":
+            return ("model.jacobian_truncation.ink_power normalises by an image's ink (its total intensity); "
+                    f"{info.kind} data has none: set model.jacobian_truncation.ink_power=0")
         return None
 
     def build(self, info: DataInfo) -> nn.ModuleDict:
@@ -221,21 +233,33 @@ class GAN(Family):
         """``tanh(G(z[, c]))``: ``(n, *shape)`` in model space."""
         return self.generate_with_codes(generator, n, device, z)[0]
 
+    def proposals(self, n: int) -> int:
+        """How many latents :meth:`draw` uses for ``n`` samples (more than ``n`` with Jacobian truncation)."""
+        return self.jacobian_truncation.proposals(n) if self.jacobian_truncation else n
+
     def draw(self, nets: nn.ModuleDict, generator: nn.Module, n: int, device: torch.device,
              z: Tensor | None = None) -> Tensor:
         """``n`` samples of ``generator`` in model space, through latent refinement when ``refine`` is
-        set (the codes, with ``categorical_codes``, are drawn once and kept; only ``z`` moves)."""
-        if self.refine is None:
+        set (the codes, with ``categorical_codes``, are drawn once and kept; only ``z`` moves), then
+        Jacobian truncation when ``jacobian_truncation`` is set. ``z``: the latents, ``(proposals(n),
+        latent_dim)``; None: fresh ones."""
+        m = self.proposals(n)
+        if z is not None and z.shape[0] != m:
+            raise ValueError(f"GAN.draw: {n} samples take {m} latents (GAN.proposals), got {z.shape[0]}")
+        if self.refine is None and self.jacobian_truncation is None:
             return self.generate(generator, n, device, z)
-        inp, _ = self.latent(n, device, z)
+        inp, _ = self.latent(m, device, z)
         z0, code = inp[:, : self.latent_dim], inp[:, self.latent_dim:]
 
-        def fake(zz: Tensor) -> Tensor:
-            return torch.tanh(generator(torch.cat([zz, code], dim=1))).view(n, *self.info.shape)
+        def fake(zz: Tensor, cc: Tensor = code) -> Tensor:
+            return torch.tanh(generator(torch.cat([zz, cc], dim=1))).view(zz.shape[0], *self.info.shape)
 
-        z1 = self.refine(lambda zz: self.discriminate(nets, fake(zz)), z0)
+        z1 = z0 if self.refine is None else self.refine(lambda zz: self.discriminate(nets, fake(zz)), z0)
+        if self.jacobian_truncation is not None:
+            keep = self.jacobian_truncation.select(self.jacobian_truncation.scores(fake, z1, code), n)
+            z1, code = z1[keep], code[keep]
         with torch.no_grad():
-            return fake(z1)
+            return fake(z1, code)
 
     # -- contract ----------------------------------------------------------------------
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor], group: Group | None = None) -> LossOutput:
