@@ -15,8 +15,9 @@ the generator each. The probes are Rademacher (entries +-1): their estimate's va
 ``2 sum_{i != j} (J J^T)_ij^2``, is below the Gaussian probes' and zero where ``J J^T`` is diagonal.
 ``ink`` is the image's total intensity ``sum((x + 1) / 2)`` (``x`` in ``[-1, 1]``): ``||J||_F^2``
 grows with the number of pixels that can change, so without this normalisation thin digits
-("1") win and the class mix drifts (docs/benchmarks.md); ``ink_power = 0`` is the paper's score. Samples only: training is unchanged; the
-discriminator is not used.
+("1") win and the class mix drifts (docs/benchmarks.md); ``ink_power = 0`` is the paper's score.
+Samples only: training is unchanged; the discriminator is not used. Cost: ``probes`` backward
+passes of the generator per proposal, and ``1 / keep`` proposals per sample.
 
 For a generator ``G(z) = tanh(a z)`` of a 1-D latent, ``|J| = a sech^2(a z)`` decreases in
 ``|z|``, so truncation keeps exactly the proposals with the largest ``|z|``
