@@ -64,3 +64,27 @@ def trained_run(tmp_path_factory):
         return cache[name]
 
     return _trained
+
+
+@pytest.fixture
+def tiny_infogan(trained_run):
+    """``tiny_infogan(*overrides) -> (family, nets, generator, inputs)``: a 4-channel DCGAN with 3 InfoGAN
+    codes on the default digits, trained 4 steps (once per session), reloaded with ``overrides``
+    (e.g. a sampler setting) in eval mode; ``inputs`` collects every input ``(z, one-hot code)``
+    that its sampling generator sees from then on."""
+    from genlab.builders import load_run
+
+    results = trained_run("tiny_infogan", "model=dcgan", "model.generator.channels=4", "model.discriminator.channels=4",
+                          "model.categorical_codes=3", "trainer.max_steps=4", "+trainer.limit_val_batches=1",
+                          "+trainer.limit_test_batches=1")
+
+    def _load(*overrides: str):
+        module, _ = load_run(results["checkpoints"]["last"], overrides=list(overrides))
+        family, nets = module.family, module.nets
+        nets.eval()
+        generator = family.sampling_generator(nets)
+        inputs: list[torch.Tensor] = []
+        generator.register_forward_pre_hook(lambda _, args: inputs.append(args[0].detach().clone()))
+        return family, nets, generator, inputs
+
+    return _load

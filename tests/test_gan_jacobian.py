@@ -83,25 +83,13 @@ def test_truncated_ring_samples_are_more_often_on_a_mode_and_keep_the_modes(trai
     assert "set model.jacobian_truncation.ink_power=0" in family.check_data(dm.info)
 
 
-def test_truncation_keeps_each_latent_with_its_categorical_code(make_cfg):
+def test_truncation_keeps_each_latent_with_its_categorical_code(tiny_infogan):
     """Images with InfoGAN codes: the kept samples are generated from kept rows of the proposals,
     each ``z`` with its own code, in drawing order."""
-    from genlab.train import run
-
-    results = run(make_cfg("model=dcgan", "model.generator.channels=4", "model.discriminator.channels=4",
-                           "model.categorical_codes=3", "trainer.max_steps=2", "+trainer.limit_val_batches=1",
-                           "+trainer.limit_test_batches=1", "num_samples=4", "callbacks.progress_bar=null",
-                           "model.jacobian_truncation={keep: 0.5, ink_power: 2}"))
-    module, _ = load_run(results["checkpoints"]["last"])
-    family, nets = module.family, module.nets
-    nets.eval()
-    generator = family.sampling_generator(nets)
-    inputs: list[torch.Tensor] = []
-    hook = generator.register_forward_pre_hook(lambda _, args: inputs.append(args[0].detach().clone()))
+    family, nets, generator, inputs = tiny_infogan("model.jacobian_truncation={keep: 0.5, ink_power: 2}")
     torch.manual_seed(0)
     z0 = torch.randn(16, family.latent_dim)
     x = family.draw(nets, generator, 8, z0.device, z=z0)
-    hook.remove()
     proposals, final = inputs[0], inputs[-1]  # the scoring pass over all 16, the final draw of the kept 8
     assert x.shape == (8, *family.info.shape) and proposals.shape[0] == 16 and final.shape[0] == 8
     assert torch.equal(proposals[:, : family.latent_dim], z0)

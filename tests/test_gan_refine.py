@@ -55,28 +55,17 @@ def test_refined_ring_samples_are_more_often_on_a_mode_and_keep_the_modes(traine
     assert refined["modes_covered"] >= plain["modes_covered"]
 
 
-def test_refinement_keeps_the_categorical_codes_and_raises_the_discriminator_score(make_cfg):
+def test_refinement_keeps_the_categorical_codes_and_raises_the_discriminator_score(tiny_infogan):
     """Images with InfoGAN codes: only z moves (the codes fed to G stay the ones drawn first),
     the discriminator rates the refined samples higher, and sampling leaves no gradients."""
-    from genlab.train import run
-
-    results = run(make_cfg("model=dcgan", "model.generator.channels=4", "model.discriminator.channels=4",
-                           "model.categorical_codes=3", "trainer.max_steps=4", "+trainer.limit_val_batches=1",
-                           "+trainer.limit_test_batches=1", "num_samples=4", "callbacks.progress_bar=null", REFINE))
     # plain ascent (penalty 0): this barely trained discriminator's slope in z is far below 1, so with
     # penalty 1 the optimum is z0 itself (the closed-form test above)
-    module, _ = load_run(results["checkpoints"]["last"], overrides=["model.refine={steps: 20, lr: 0.05, penalty: 0}"])
-    family, nets = module.family, module.nets
-    nets.eval()
-    generator = family.sampling_generator(nets)
+    family, nets, generator, inputs = tiny_infogan("model.refine={steps: 20, lr: 0.05, penalty: 0}")
     for p in nets.parameters():
         p.grad = None
-    inputs: list[torch.Tensor] = []
-    hook = generator.register_forward_pre_hook(lambda _, args: inputs.append(args[0].detach().clone()))
     torch.manual_seed(0)
     z0 = torch.randn(16, family.latent_dim)
     refined = family.draw(nets, generator, 16, z0.device, z=z0)
-    hook.remove()
     codes = [x[:, family.latent_dim:] for x in inputs]
     assert len(inputs) == 21 and all(torch.equal(c, codes[0]) for c in codes)  # 20 steps + the final draw
     assert codes[0].sum(1).eq(1).all()  # one-hot

@@ -20,13 +20,34 @@ group) that the family validates in :meth:`Family.check_objective`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
 from genlab.data.base import DataInfo
 from genlab.metrics.likelihood import LogLikelihood, NLLKind
+
+
+N = TypeVar("N")
+
+
+def parse_node(cls: type[N], value: Any, key: str, example: str,
+               convert: Callable[[Any], Any] | None = None) -> N | None:
+    """A family option given as a config node (``model.<key>``: null or a mapping) as the dataclass
+    ``cls``: None for null, ``cls`` itself passed through, else ``cls(**value)`` (each value through
+    ``convert`` if given), which checks the values. A non-mapping or an unknown key gets an error that
+    names the keys and ``example``."""
+    if value is None or isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"model.{key} must be a mapping such as model.{key}='{example}', or null (give null to "
+                         f"turn it off); got {value!r}")
+    known = {f.name for f in fields(cls)}
+    if unknown := set(value) - known:
+        raise ValueError(f"model.{key} has unknown keys {sorted(unknown)}: use {sorted(known)} (or model.{key}=null)")
+    return cls(**{k: convert(v) if convert else v for k, v in value.items()})
 
 
 class IncompatibleConfigError(ValueError):

@@ -21,12 +21,13 @@ variances come from the model alone. Guidance changes the *samples* only: the va
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from genlab.families.base import parse_node
 
 
 @dataclass
@@ -48,15 +49,7 @@ class Guidance:
     @classmethod
     def parse(cls, value: Any) -> Guidance | None:
         """``None`` (no guide), a :class:`Guidance`, or a mapping with keys ``weight`` / ``at``."""
-        if value is None or isinstance(value, Guidance):
-            return value
-        if not isinstance(value, Mapping):
-            raise ValueError(f"model.guidance={value!r}: give null or a node such as "
-                             "model.guidance='{weight: 3.0, at: 0.25}'")
-        known = {f.name for f in fields(cls)}
-        if unknown := set(value) - known:
-            raise ValueError(f"model.guidance has unknown key(s) {sorted(unknown)}: the keys are {sorted(known)}")
-        return cls(**{k: float(v) for k, v in value.items()})
+        return parse_node(cls, value, "guidance", "{weight: 3.0, at: 0.25}", convert=float)
 
 
 class GuideNet(nn.Module):

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from genlab.families.base import parse_node
 
 
 @dataclass(frozen=True)
@@ -60,16 +62,7 @@ class JacobianTruncation:
     @classmethod
     def parse(cls, config: Mapping[str, Any] | None) -> JacobianTruncation | None:
         """``model.jacobian_truncation`` (a mapping or None); a clear error for unknown keys or bad values."""
-        if config is None:
-            return None
-        if not isinstance(config, Mapping):
-            raise ValueError(f"model.jacobian_truncation must be a mapping such as '{{keep: 0.8, ink_power: 2}}' "
-                             f"or null, got {config!r}")
-        known = {f.name for f in fields(cls)}
-        if unknown := set(config) - known:
-            raise ValueError(f"model.jacobian_truncation has unknown keys {sorted(unknown)}: use {sorted(known)} "
-                             "(or model.jacobian_truncation=null)")
-        return cls(**config)
+        return parse_node(cls, config, "jacobian_truncation", "{keep: 0.8, ink_power: 2}")
 
     def proposals(self, n: int) -> int:
         """How many latents to draw for ``n`` samples: ``ceil(n / keep)``."""
@@ -82,11 +75,12 @@ class JacobianTruncation:
         selection does not consume the caller's random stream."""
         gen = torch.Generator(device=z.device).manual_seed(seed)
         out = []
-        conds = [None] * len(z) if cond is None else cond.split(self.batch)
+        chunks = z.detach().split(self.batch)
+        extra = [(c,) for c in cond.split(self.batch)] if cond is not None else [()] * len(chunks)
         with torch.enable_grad(), torch.autocast(z.device.type, enabled=False):
-            for chunk, c in zip(z.detach().split(self.batch), conds, strict=False):
+            for chunk, args in zip(chunks, extra, strict=True):
                 zz = chunk.clone().requires_grad_(True)
-                y = (fake(zz) if c is None else fake(zz, c)).float()
+                y = fake(zz, *args).float()
                 sq = torch.zeros(len(zz), device=z.device, dtype=torch.float64)
                 for i in range(self.probes):
                     v = torch.randint(0, 2, y.shape, generator=gen, device=z.device).to(y.dtype) * 2 - 1

@@ -23,11 +23,13 @@ For a score ``s(z) = -||z - m||^2 / 2`` the optimum is closed-form: ``z*`` lies 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from genlab.families.base import parse_node
 
 
 @dataclass(frozen=True)
@@ -53,16 +55,7 @@ class LatentRefinement:
     def parse(cls, config: Mapping[str, Any] | None) -> LatentRefinement | None:
         """``model.refine`` (a mapping or None) as a :class:`LatentRefinement`; a clear error for
         unknown keys or bad values."""
-        if config is None:
-            return None
-        if not isinstance(config, Mapping):
-            raise ValueError(f"model.refine must be a mapping such as '{{steps: 20, lr: 0.05, penalty: 1.0}}' "
-                             f"or null, got {config!r}")
-        known = {f.name for f in fields(cls)}
-        if unknown := set(config) - known:
-            raise ValueError(f"model.refine has unknown keys {sorted(unknown)}: use {sorted(known)} "
-                             "(or model.refine=null)")
-        return cls(**config)
+        return parse_node(cls, config, "refine", "{steps: 20, lr: 0.05, penalty: 1.0}")
 
     def __call__(self, score: Callable[[Tensor], Tensor], z0: Tensor) -> Tensor:
         """The refined latents: ``score(z)`` is the discriminator's output ``(B,)`` for latents
