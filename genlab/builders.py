@@ -8,14 +8,18 @@ valid choices, found by asking every option of the ``model`` / ``loss`` config g
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from genlab.data.base import DataInfo
+import genlab.runs  # noqa: F401  (registers the ${genlab_run_id:} resolver of configs/train.yaml)
+from genlab.data.base import DataError, DataInfo
 from genlab.families.base import Family, IncompatibleConfigError
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,23 @@ def choices(cfg: DictConfig) -> dict[str, str]:
 def build_family(cfg: DictConfig) -> Family:
     """Instantiate ``cfg.model`` with ``cfg.loss`` as its training objective."""
     return instantiate(cfg.model, objective=instantiate(cfg.loss))
+
+
+def build_for_user(what: str, make: Callable[[], Any]) -> Any:
+    """``make()``, with a constructor's refusal (Hydra wraps it in ``InstantiationException``)
+    raised as the one-paragraph error a user reads: the constructor's own :class:`DataError` /
+    :class:`IncompatibleConfigError`, or one that names the config node and the cause."""
+    try:
+        return make()
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, (DataError, IncompatibleConfigError)):
+            raise cause from None
+        node = re.search(r"full_key: (\S+)", str(err))
+        raise IncompatibleConfigError(
+            f"the {what} config{' node ' + node.group(1) if node else ''} cannot be built: "
+            f"{type(cause).__name__ if cause else 'error'}: {cause or err}. Fix: correct or drop the override "
+            f"of that option (genlab-train --help lists every group and option)") from err
 
 
 def _valid(group: str, accept) -> list[str]:
@@ -131,21 +152,27 @@ def load_run(ckpt_path: str, map_location: str = "cpu", overrides: list[str] | N
 
     Uses the resolved run config that every genlab checkpoint stores (``genlab_config``).
     """
-    import torch
-
+    from genlab.checkpoints import CheckpointError, read_checkpoint
     from genlab.module import GenerativeModule
 
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    ckpt = read_checkpoint(ckpt_path, map_location=map_location)
     cfg = OmegaConf.create(ckpt.get("genlab_config") or {})
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     if "model" not in cfg:
-        raise ValueError(f"{ckpt_path} is not a genlab checkpoint (no genlab_config); pass a run's checkpoints/*.ckpt")
+        raise CheckpointError(f"{ckpt_path} is not a genlab checkpoint (no genlab_config). Fix: pass a genlab run's "
+                              "checkpoints/*.ckpt (or its run directory)")
     datamodule = instantiate(cfg.dataset)
     module = GenerativeModule(build_family(cfg), datamodule.info, instantiate(cfg.optimizer), build_scheduler(cfg),
                               cfg.seed, OmegaConf.to_container(cfg))
     module.on_load_checkpoint(ckpt)  # as Lightning does: the family adapts the saved weights to its config
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:  # missing / unexpected keys, shape mismatches
+        raise CheckpointError(f"the weights in {ckpt_path} do not fit the model its config builds"
+                              f"{' with the overrides ' + ' '.join(overrides) if overrides else ''} "
+                              f"({str(err).splitlines()[0]} ...). Fix: drop architecture overrides; evaluation "
+                              "settings only") from err
     return module.eval(), datamodule
 
 

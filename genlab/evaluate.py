@@ -21,6 +21,8 @@ from typing import Any
 import torch
 
 from genlab.builders import load_run
+from genlab.checkpoints import CheckpointError
+from genlab.data.base import DataError
 from genlab.metrics.quality import get_classifier, inception_metrics, quality_metrics, real_floor, reference_set
 
 COLUMNS = ("fd", "kid", "precision", "recall", "density", "coverage", "confident_share")
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         out = evaluate(a.source, a.n, a.samples, a.seed, a.cache_dir)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, CheckpointError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table(out))

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
+from genlab import interrupt
 from genlab.data.base import DataInfo
 from genlab.families.base import Family, LossOutput
 from genlab.metrics.likelihood import nats_to_bpd
@@ -67,6 +68,7 @@ class GenerativeModule(L.LightningModule):
         self.nll_kind: dict[str, str] = {}
         self.history: list[dict[str, float]] = []  # per validation epoch: step, seconds, nll_bpd
         self._clock: float | None = None  # time.perf_counter() at fit start, minus time trained before a resume
+        self._val_aborted = False  # a stop request arrived during this validation
         self.group_names = list(family.param_groups(self.nets))
         self.automatic_optimization = not family.schedule()
 
@@ -111,12 +113,14 @@ class GenerativeModule(L.LightningModule):
         if reason is None:
             return
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.logs.items()) or "none"
-        ckpt = checkpoint_paths(self.trainer)["last"] or "none saved yet"
+        ckpt = checkpoint_paths(self.trainer)["last"]
+        saved = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was saved before it"
+        resume = "resume with ckpt_path=<that checkpoint>" if ckpt else "train again"
         fix = ("Fix: lower optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0, automatic-optimisation "
                "families), or check the data for invalid values; then " if nonfinite else "After the fix above, ")
         raise (NonFiniteLossError if nonfinite else TrainingDivergedError)(
             f"{reason} at step {self.global_step} (family={self.family.name}, terms: {terms}). The weights were "
-            f"not updated with it; the last good checkpoint is {ckpt}. {fix}resume with ckpt_path=<that checkpoint>."
+            f"not updated with it; {saved}. {fix}{resume}."
         )
 
     def configure_optimizers(self) -> Any:
@@ -154,17 +158,33 @@ class GenerativeModule(L.LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------
     def _eval_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """Accumulate ``-log P(x)`` of a batch. On a stop request (SIGTERM/SIGINT) a test stops at once
+        (:class:`~genlab.interrupt.RunInterrupted`); a validation inside fit skips its remaining
+        batches and records nothing, so that training reaches its next step and checkpoints there."""
+        if stage == "val" and (self._val_aborted or interrupt.requested() is not None):
+            self._val_aborted = True
+            return
         self._reseed(10**9 + batch_idx)
         # likelihoods in full precision whatever trainer.precision trains in (bf16-mixed autocasts
         # the steps): a bound or an exact NLL must not depend on the training speed-up
-        with torch.autocast(self.device.type, enabled=False):
-            ll = self.family.log_likelihood(self.nets, batch, stage=stage)
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                ll = self.family.log_likelihood(self.nets, batch, stage=stage)
+        except interrupt.RunInterrupted:
+            if stage != "val":
+                raise
+            self._val_aborted = True
+            return
         if ll is None:
             return
         self.nll[stage].update(-ll.log_px.double())
         self.nll_kind[stage] = ll.kind
 
     def _eval_epoch_end(self, stage: str) -> None:
+        if stage == "val" and self._val_aborted:  # nothing is recorded that was not computed in full
+            self._val_aborted = False
+            self.nll[stage].reset()
+            return
         if stage == "val" and not self.trainer.sanity_checking:
             self.history.append({"epoch": self.current_epoch, "step": self.global_step, "seconds": self.elapsed()})
         if stage not in self.nll_kind:

@@ -11,6 +11,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.builders import sweep_group
+from genlab.checkpoints import config_hash
 from genlab.module import GenerativeModule
 
 
@@ -68,7 +69,9 @@ def build_results(
         "sample_metrics": {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("samples/")},
         "checkpoint": checkpoints.get("best") or checkpoints.get("last"),
         "checkpoints": checkpoints,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": (config := OmegaConf.to_container(cfg, resolve=True)),
+        # what a relaunched sweep compares to skip this run (genlab.runs.previous_run)
+        "config_hash": config_hash(config),
     }
 
 

@@ -7,24 +7,33 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import MissingMandatoryValue
 
-from genlab.builders import (CONFIG_DIR, build_callbacks_and_loggers, build_family, build_scheduler,
+from genlab import interrupt, runs
+from genlab.builders import (CONFIG_DIR, build_callbacks_and_loggers, build_family, build_for_user, build_scheduler,
                              check_compatible, choices, sweep_group)
+from genlab.callbacks.guard import RunGuard
 from genlab.callbacks.samples import write_samples
+from genlab.checkpoints import (AtomicCheckpointIO, CheckpointError, CheckpointWriteError, check_resume,
+                                read_checkpoint)
 from genlab.data.base import DataError
 from genlab.families.base import IncompatibleConfigError
 from genlab.module import GenerativeModule, TrainingDivergedError, checkpoint_paths
 from genlab.results import build_results, write_results
+from genlab.runs import OutputDirError
 
-USER_ERRORS = (DataError, IncompatibleConfigError, TrainingDivergedError)
+USER_ERRORS = (DataError, IncompatibleConfigError, CheckpointError, OutputDirError)  # exit 2: fix the command
+RUN_ERRORS = (TrainingDivergedError, CheckpointWriteError)  # exit 1: the run failed; a record is kept
 
 
 def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Trainer, dm: Any, timings: dict,
@@ -35,6 +44,7 @@ def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Train
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     timings["train_seconds"] = time.perf_counter() - t0
     ckpts.update(checkpoint_paths(trainer))
+    interrupt.check("after training")  # a signal during the final validation
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     t0 = time.perf_counter()
     test = trainer.test(module, datamodule=dm, ckpt_path=ckpts["best"], verbose=False)
@@ -42,6 +52,7 @@ def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Train
     metrics = {**val, **(test[0] if test else {})}
     if not trainer.is_global_zero:  # DDP: rank 0 samples and writes the results
         return metrics, None
+    interrupt.check("before sampling")
     t0 = time.perf_counter()
     x = module.sample(cfg.num_samples, seed=cfg.seed)
     timings["samples_per_second"] = cfg.num_samples / (time.perf_counter() - t0)
@@ -51,33 +62,113 @@ def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Train
     return {**metrics, **sample_metrics}, str(path)
 
 
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved run config; a missing mandatory value (``???``) or a wrongly typed trainer
+    option is refused naming the key."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        key = err.full_key or "a config key"
+        raise IncompatibleConfigError(f"{key} must be set (it is ??? in its config file). Fix: pass {key}=... on the "
+                                      f"command line, e.g. {key}=<value>") from err
+    check_trainer(config.get("trainer") or {})
+    return config
+
+
+TRAINER_INTS = ("max_steps", "max_epochs", "min_steps", "min_epochs", "check_val_every_n_epoch", "log_every_n_steps",
+                "num_sanity_val_steps", "accumulate_grad_batches", "devices", "num_nodes")
+TRAINER_NUMBERS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "val_check_interval",
+                   "gradient_clip_val")
+
+
+def check_trainer(trainer: dict[str, Any]) -> None:
+    """Refuse a trainer option of the wrong type before Lightning fails on it without naming it."""
+    for key, value in trainer.items():
+        ints = key in TRAINER_INTS and not (key == "devices" and isinstance(value, (str, list)))
+        bad = (ints and (isinstance(value, bool) or not isinstance(value, int))) or (
+            key in TRAINER_NUMBERS and (isinstance(value, (bool, str)) or not isinstance(value, (int, float))))
+        if value is not None and bad:
+            kind = "an integer" if ints else "a number"
+            raise IncompatibleConfigError(f"trainer.{key}={value!r} is not {kind}. Fix: pass trainer.{key}=<{kind}>, "
+                                          f"e.g. trainer.{key}=100, or drop the override")
+
+
+def prepare(cfg: DictConfig) -> tuple[dict[str, Any], runs.Previous]:
+    """Resolve the config, check the output dir, and decide about a run already there (skip a
+    finished one, resume an interrupted one); a resume is checked against its checkpoint."""
+    config = resolve(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    runs.check_writable(out_dir)
+    previous = runs.previous_run(out_dir, config)
+    if previous.action == "resume":
+        print(f"resuming the unfinished run in {out_dir} from {previous.checkpoint}", flush=True)
+        with open_dict(cfg):
+            cfg.ckpt_path = previous.checkpoint
+        config["ckpt_path"] = previous.checkpoint
+    if cfg.get("ckpt_path") and previous.action != "skip":
+        check_resume(str(cfg.ckpt_path), read_checkpoint(cfg.ckpt_path), config)
+    return config, previous
+
+
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
+    """``lightning.Trainer`` from ``cfg.trainer`` with genlab's atomic, verified checkpoint I/O."""
+    try:
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
+    except InstantiationException as err:
+        raise IncompatibleConfigError(f"the trainer config was refused by lightning.Trainer ({err.__cause__ or err}). "
+                                      "Fix: correct the trainer.* override named there") from err
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, train, test, sample; return the results dict."""
+    run_config, previous = prepare(cfg)
+    if previous.action == "skip":
+        print(f"{cfg.paths.output_dir} already holds this finished run (same config): skipped", flush=True)
+        return {**previous.results, "path": str(Path(cfg.paths.output_dir) / "results.json")}
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     chosen = choices(cfg)
-    datamodule = instantiate(cfg.dataset)
-    family = build_family(cfg)
+    datamodule = build_for_user("dataset", lambda: instantiate(cfg.dataset))
+    family = build_for_user("model / loss", lambda: build_family(cfg))
     check_compatible(family, datamodule.info, chosen)
-    scheduler = build_scheduler(cfg)
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    module = GenerativeModule(family, datamodule.info, instantiate(cfg.optimizer), scheduler, cfg.seed, run_config)
+    optimizer = build_for_user("optimizer", lambda: instantiate(cfg.optimizer))
+    module = GenerativeModule(family, datamodule.info, optimizer, build_for_user("scheduler", lambda: build_scheduler(cfg)),
+                              cfg.seed, run_config)
     callbacks, loggers = build_callbacks_and_loggers(cfg, module)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    guard = RunGuard()
+    trainer = build_trainer(cfg, [*callbacks, guard], loggers)
     for logger in loggers:
         logger.log_hyperparams(run_config)
     timings: dict[str, float] = {}
     ckpts: dict[str, str | None] = {}
+    record = partial(_record, cfg, chosen, module, trainer, timings)
     try:
-        metrics, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings, ckpts)
-    except TrainingDivergedError as err:  # keep a record of the failed run next to its checkpoints
-        results = build_results(cfg, chosen, module, trainer, {}, timings, None, checkpoint_paths(trainer), "failed", str(err))
-        if trainer.is_global_zero:
-            write_results(results, cfg.paths.output_dir)
+        with interrupt.handling():
+            metrics, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings, ckpts)
+    except interrupt.RunInterrupted as err:
+        paths = {**checkpoint_paths(trainer), "last": guard.interrupt_checkpoint or checkpoint_paths(trainer)["last"]}
+        err.checkpoint = paths["last"]
+        record(paths, "interrupted", str(err))
+        raise
+    except RUN_ERRORS as err:  # keep a record of the failed run next to its checkpoints
+        record(checkpoint_paths(trainer), "failed", str(err))
         raise
     results = build_results(cfg, chosen, module, trainer, metrics, timings, samples, ckpts)
     if trainer.is_global_zero:
         results["path"] = str(write_results(results, cfg.paths.output_dir))
     return results
+
+
+def _record(cfg: DictConfig, chosen: dict, module: GenerativeModule, trainer: L.Trainer, timings: dict,
+            ckpts: dict, status: str, error: str) -> None:
+    """results.json of a run that did not finish (its checkpoints are named in it). On a full disk
+    this may fail too: the error is then printed, and the run's checkpoints are still intact."""
+    if not trainer.is_global_zero:
+        return
+    results = build_results(cfg, chosen, module, trainer, {}, timings, None, ckpts, status, error)
+    try:
+        write_results(results, cfg.paths.output_dir)
+    except OSError as err:
+        print(f"warning: could not write results.json ({type(err).__name__}: {err})", file=sys.stderr, flush=True)
 
 
 def report(results: dict[str, Any]) -> str:
@@ -100,21 +191,35 @@ def _record_refusal(cfg: DictConfig, err: Exception) -> None:
         family = build_family(cfg).name
     except Exception:  # the model config itself is broken: name the option
         family = chosen.get("model")
-    write_results({"status": "refused", "error": str(err), "family": family, "model": chosen.get("model"),
-                   "loss": chosen.get("loss"), "dataset": chosen.get("dataset"), "seed": cfg.get("seed"),
-                   "sweep_group": sweep_group(), "test": {"nll_kind": "none"}, "val": {}},
-                  cfg.paths.output_dir)
+    try:
+        write_results({"status": "refused", "error": str(err), "family": family, "model": chosen.get("model"),
+                       "loss": chosen.get("loss"), "dataset": chosen.get("dataset"), "seed": cfg.get("seed"),
+                       "sweep_group": sweep_group(), "test": {"nll_kind": "none"}, "val": {}},
+                      cfg.paths.output_dir)
+    except OSError:  # an unwritable run directory: the error printed above is the record
+        pass
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point; returns the best validation NLL (bits/dim) for Hydra sweepers (tuning on
-    the test set would leak it into the choice of hyperparameters)."""
+    the test set would leak it into the choice of hyperparameters).
+
+    Exit codes: 2 for a command to fix (bad config, data or checkpoint), 1 for a run that failed
+    (diverged, disk full), 128 + signal for an interrupted run (143 SIGTERM, 130 SIGINT)."""
     try:
         results = run(cfg)
-    except USER_ERRORS as err:
+    except interrupt.RunInterrupted as err:  # also in a sweep: the process was asked to stop
+        ckpt = getattr(err, "checkpoint", None)
+        print(f"\n{err}; the run's state is saved in {ckpt or 'no checkpoint (none written yet)'}"
+              f"{'. Resume with ckpt_path=' + ckpt if ckpt else ''}; results: "
+              f"{Path(cfg.paths.output_dir) / 'results.json'} (status: interrupted)", file=sys.stderr, flush=True)
+        sys.exit(err.exit_code)
+    except (*USER_ERRORS, *RUN_ERRORS) as err:
+        code = 2 if isinstance(err, USER_ERRORS) else 1
         if sweep_group() is None:
-            sys.exit(f"\nerror: {err}")
+            print(f"\nerror: {err}", file=sys.stderr, flush=True)
+            sys.exit(code)
         # in a sweep, one refused or diverged run must not stop the others
         print(f"\nerror: {err}", file=sys.stderr, flush=True)
         _record_refusal(cfg, err)

@@ -62,6 +62,9 @@ class ArrayDataModule(InMemoryDataModule):
         self.test_fraction = test_fraction
         self._data: tuple[Tensor, Tensor | None, int] | None = None
 
+    def source(self) -> str:
+        return f" (from {self.path})"
+
     def data(self) -> tuple[Tensor, Tensor | None, int]:
         """``(x uint8 (N, C, H, W), y int64 (N,) or None, levels)``; the file is read once."""
         if self._data is None:

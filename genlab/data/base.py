@@ -96,9 +96,19 @@ class IndexBatchSampler:
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.seed, self.epoch = seed, 0
         self.num_samples = min(num_samples or n, n)
+        self.served = 0  # batches handed out in the current epoch (the loader has no prefetch)
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already trained in it)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the epoch stands: a checkpoint written after a step records the batches trained."""
+        return {"epoch": self.epoch, "served": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume mid-epoch: the next iteration of that epoch skips the batches already trained."""
+        self._resume = (int(state["epoch"]), int(state["served"]))
 
     def _rank(self) -> tuple[int, int]:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -122,7 +132,12 @@ class IndexBatchSampler:
         return batches
 
     def __iter__(self) -> Iterator[tuple[Tensor, int]]:
+        skip = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+        self._resume, self.served = None, skip
         for i, idx in enumerate(self._batches()):
+            if i < skip:
+                continue
+            self.served = i + 1
             yield idx, (self.seed * 7_919 + self.epoch) * 100_003 + i
 
     def __len__(self) -> int:
@@ -130,6 +145,18 @@ class IndexBatchSampler:
 
 
 BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over an :class:`IndexBatchSampler` that Lightning can checkpoint mid-epoch
+    (its ``state_dict`` goes into the checkpoint's loop state), so that a resume from any step
+    continues with the next batch of the same epoch order instead of restarting the epoch."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class TensorSplit(Dataset):
@@ -157,6 +184,12 @@ class TensorSplit(Dataset):
         if self.y is not None:
             batch["y"] = self.y[idx]
         return batch
+
+
+def _check_batch_size(key: str, value: object, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DataError(f"{key}={value!r} is not a batch size. Fix: pass a positive integer{alternative}, "
+                        f"e.g. {key}=128")
 
 
 def seeded_split(n: int, fractions: tuple[float, ...], seed: int) -> list[Tensor]:
@@ -189,6 +222,9 @@ class InMemoryDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
     ) -> None:
         super().__init__()
+        _check_batch_size("dataset.batch_size", batch_size)
+        if eval_batch_size is not None:
+            _check_batch_size("dataset.eval_batch_size", eval_batch_size, " (or null: the training batch size)")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.seed = seed
@@ -220,8 +256,17 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool) -> DataLoader:
         ds = self.splits[split]
-        sampler = IndexBatchSampler(len(ds), batch_size, shuffle, drop_last, self.seed)
-        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=0)
+        try:
+            sampler = IndexBatchSampler(len(ds), batch_size, shuffle, drop_last, self.seed)
+        except DataError as err:
+            raise DataError(f"dataset {self.info.name!r}: the {split} split is empty{self.source()}. Fix: use a file "
+                            "with more examples, or raise that split's fraction (dataset.val_fraction / "
+                            "dataset.test_fraction where the dataset has them)") from err
+        return (ResumableLoader if shuffle else DataLoader)(ds, sampler=sampler, batch_size=None, num_workers=0)
+
+    def source(self) -> str:
+        """`` (from <file>)`` naming where the data came from, for messages; empty where none."""
+        return ""
 
     def train_dataloader(self) -> DataLoader:
         n = len(self.splits["train"])

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from genlab.data.base import DataError, DataInfo, IndexBatchSampler, InMemoryDataModule, TensorSplit
+from genlab.data.base import DataError, DataInfo, IndexBatchSampler, InMemoryDataModule, ResumableLoader, TensorSplit
 
 UNK = "\ufffd"
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -173,7 +173,7 @@ class TextDataModule(InMemoryDataModule):
                 raise DataError(
                     f"text source {self.source.name!r} ({len(text)} characters) is too short for "
                     f"block_size={self.block_size}: its {split} part has {len(t)} characters. Fix: lower "
-                    f"dataset.block_size, raise dataset.{split}_fraction, or use a longer text."
+                    f"dataset.block_size, {_fraction_fix(split)}, or use a longer text."
                 )
         return vocab, ids
 
@@ -196,4 +196,12 @@ class TextDataModule(InMemoryDataModule):
         windows = len(ds.ids) // self.block_size
         batch_size = min(self.batch_size, windows)
         sampler = IndexBatchSampler(len(ds), batch_size, True, True, self.seed, num_samples=windows)
-        return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=0)
+        return ResumableLoader(ds, sampler=sampler, batch_size=None, num_workers=0)
+
+
+def _fraction_fix(split: str) -> str:
+    """What to change when a split of the text is shorter than one block (there is no train fraction:
+    train is what validation and test leave)."""
+    if split == "train":
+        return "lower dataset.val_fraction and dataset.test_fraction (train is the rest)"
+    return f"raise dataset.{split}_fraction"

@@ -91,6 +91,8 @@ def resolve_device(name: str) -> torch.device:
 def load_context(task: str, cfg: TaskConfig) -> TaskContext:
     """Load ``cfg.ckpt`` (a run dir or a .ckpt) with ``cfg.overrides``; make the output dir."""
     from genlab.builders import load_run
+    from genlab.checkpoints import CheckpointError
+    from genlab.data.base import DataError
     from genlab.evaluate import find_checkpoint
 
     if cfg.ckpt in (None, "???", ""):
@@ -100,10 +102,17 @@ def load_context(task: str, cfg: TaskConfig) -> TaskContext:
     except FileNotFoundError as e:
         raise TaskError(str(e)) from e
     device = resolve_device(cfg.device)
-    module, dm = load_run(str(ckpt), overrides=list(cfg.overrides))
+    try:
+        module, dm = load_run(str(ckpt), overrides=list(cfg.overrides))
+    except (CheckpointError, DataError) as e:
+        raise TaskError(str(e)) from e
     module = module.to(device).eval()
     out = Path(cfg.out) if cfg.out else run_dir / "tasks" / task
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TaskError(f"the task's output directory {out} cannot be created ({type(e).__name__}: {e}). "
+                        "Fix: pass out=<a writable directory>") from e
     torch.manual_seed(cfg.seed)
     return TaskContext(module, dm, Path(ckpt), Path(run_dir), out, device)
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from genlab import interrupt
 from genlab.data.base import DataInfo, check_discrete
 from genlab.families.base import Family, LossOutput
 from genlab.families.diffusion.guidance import Guidance, GuideNet, guided
@@ -305,6 +306,7 @@ class Diffusion(Family):
         k_per_call = max(1, self.eval_chunk // x0.shape[0])
         rows = []
         for chunk in ts.split(k_per_call):
+            interrupt.check("during the diffusion bound")  # a stop request between chunks of timesteps
             xs = x0.repeat(chunk.shape[0], *([1] * (x0.ndim - 1)))
             rows.append(self.terms_at(nets, xs, chunk.flatten()).view(chunk.shape[0], -1))
         return torch.cat(rows)

@@ -29,6 +29,8 @@ from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS
 from torchdiffeq._impl.solvers import FixedGridODESolver
 
+from genlab import interrupt
+
 LOG_2PI = math.log(2 * math.pi)
 State = Tensor | tuple[Tensor, ...]
 Dynamics = Callable[[Tensor, State], State]
@@ -41,6 +43,7 @@ class CountedVelocity:
         self.net, self.nfe = net, 0
 
     def __call__(self, t: Tensor, x: Tensor) -> Tensor:
+        interrupt.check("during the ODE solve")  # a stop request between function evaluations
         self.nfe += 1
         return self.net(x, t.to(x.dtype).expand(x.shape[0]))
 
