@@ -144,13 +144,17 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# what may differ between a checkpoint's run and its resume: budgets, evaluation and reporting
+# what may differ between a checkpoint's run and its resume, because it takes effect when set again:
+# budgets, evaluation, reporting, callbacks, the hardware. Everything else (model, loss, dataset,
+# optimizer, scheduler, seed) lives in or shaped the checkpoint's state, so a change would be
+# recorded without being applied.
 RESUMABLE = (
-    "ckpt_path", "paths", "logger", "num_samples", "callbacks.progress_bar", "callbacks.samples",
+    "ckpt_path", "paths", "logger", "callbacks", "num_samples",
     "trainer.max_steps", "trainer.max_epochs", "trainer.max_time", "trainer.min_steps", "trainer.min_epochs",
     "trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.val_check_interval",
     "trainer.check_val_every_n_epoch", "trainer.num_sanity_val_steps", "trainer.enable_progress_bar",
-    "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.default_root_dir",
+    "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.default_root_dir", "trainer.precision",
+    "trainer.gradient_clip_val", "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
 )
 
 
@@ -163,10 +167,18 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _relative(flat: dict[str, Any]) -> dict[str, Any]:
+    """Paths under the run's output directory written relative to it (a resume writes to a new one)."""
+    out = flat.get("paths.output_dir")
+    if not isinstance(out, str) or not out:
+        return flat
+    return {k: v.replace(out, "<output_dir>") if isinstance(v, str) else v for k, v in flat.items()}
+
+
 def changed_on_resume(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The config keys that differ between a checkpoint's run and a resume of it and that a resume
     cannot apply (the optimizer's and the models' state come from the checkpoint)."""
-    a, b = _flatten(stored), _flatten(current)
+    a, b = _relative(_flatten(stored)), _relative(_flatten(current))
     keys = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
     return [k for k in keys if not any(k == r or k.startswith(r + ".") for r in RESUMABLE)]
 

@@ -145,17 +145,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         with interrupt.handling():
             metrics, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings, ckpts)
     except interrupt.RunInterrupted as err:
-        paths = {**checkpoint_paths(trainer), "last": guard.interrupt_checkpoint or checkpoint_paths(trainer)["last"]}
+        paths = _saved(trainer, ckpts)
+        paths["last"] = guard.interrupt_checkpoint or paths["last"]
         err.checkpoint = paths["last"]
         record(paths, "interrupted", str(err))
         raise
     except RUN_ERRORS as err:  # keep a record of the failed run next to its checkpoints
-        record(checkpoint_paths(trainer), "failed", str(err))
+        record(_saved(trainer, ckpts), "failed", str(err))
         raise
     results = build_results(cfg, chosen, module, trainer, metrics, timings, samples, ckpts)
     if trainer.is_global_zero:
         results["path"] = str(write_results(results, cfg.paths.output_dir))
     return results
+
+
+def _saved(trainer: L.Trainer, after_fit: dict[str, str | None]) -> dict[str, str | None]:
+    """The run's checkpoint paths: as they were after fitting where known (testing restores the
+    callbacks' state from best.ckpt, which predates last.ckpt), else the callbacks' current ones."""
+    return {**checkpoint_paths(trainer), **{k: v for k, v in after_fit.items() if v}}
 
 
 def _record(cfg: DictConfig, chosen: dict, module: GenerativeModule, trainer: L.Trainer, timings: dict,

@@ -59,3 +59,19 @@ class RunGuard(Callback):
             raise interrupt.RunInterrupted(signum, f"after step {trainer.global_step}")
         if 0 < trainer.max_steps <= trainer.global_step:
             trainer.should_stop = True  # Lightning validates (and checkpoints) a run that is asked to stop
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """An epoch cut short by a stop (``max_steps``, ``max_time``) is saved as *unfinished*.
+
+        Lightning counts the stopped epoch as processed, so a resume would start the next epoch
+        and skip the rest of this one. Recording it as in progress (processed = started - 1, the
+        state of a checkpoint written inside an epoch) makes the resume continue with the next
+        batch of the same epoch, which the resumable train loader then serves.
+        """
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        batches, epochs = loop.get("epoch_loop.batch_progress"), loop.get("epoch_progress")
+        if not batches or not epochs or batches.get("is_last_batch", True):
+            return
+        for counts in (epochs["total"], epochs["current"]):
+            if counts["processed"] == counts["started"] and counts["completed"] == counts["processed"] - 1:
+                counts["processed"] -= 1
