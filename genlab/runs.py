@@ -65,6 +65,33 @@ def check_writable(out_dir: Path) -> None:
         ) from err
 
 
+def output_root(argv: list[str]) -> Path:
+    """The directory a ``genlab-train`` command line will write under, read from its overrides
+    (``hydra.run.dir`` / ``hydra.sweep.dir`` / ``paths.log_dir``) or ``GENLAB_LOG_DIR`` (default ``logs``)."""
+    found = {a.split("=", 1)[0].lstrip("+"): a.split("=", 1)[1] for a in argv if "=" in a}
+    for key in ("hydra.sweep.dir" if "-m" in argv or "--multirun" in argv else "hydra.run.dir", "paths.log_dir"):
+        if key in found and "${" not in found[key]:
+            return Path(found[key])
+    return Path(os.environ.get("GENLAB_LOG_DIR", "logs"))
+
+
+def precheck_output_root(argv: list[str]) -> str | None:
+    """Why the output root cannot be written (its nearest existing ancestor is a file or read-only), else
+    None: checked before Hydra creates the run directory, which would fail with a traceback."""
+    root = output_root(argv).expanduser().absolute()
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return None
+    return (f"runs cannot be written under {root}: {problem}. Fix: set GENLAB_LOG_DIR (or paths.log_dir=..., "
+            "hydra.run.dir=...) to a writable directory")
+
+
 def _read_results(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())

@@ -207,8 +207,18 @@ def _record_refusal(cfg: DictConfig, err: Exception) -> None:
         pass
 
 
+def main() -> float | None:
+    """``genlab-train``: refuse an output location that Hydra could not create (it would fail with a
+    traceback before genlab runs), then run :func:`train_main`."""
+    problem = runs.precheck_output_root(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    return train_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def train_main(cfg: DictConfig) -> float | None:
     """Entry point; returns the best validation NLL (bits/dim) for Hydra sweepers (tuning on
     the test set would leak it into the choice of hyperparameters).
 

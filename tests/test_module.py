@@ -76,7 +76,7 @@ def test_a_family_reported_divergence_stops_before_the_update(tmp_path):
     module, trainer, dm = _fit(family, 10, tmp_path)
     with pytest.raises(TrainingDivergedError, match=r"w exploded at step 3 \(family=two_groups") as err:
         trainer.fit(module, datamodule=dm)
-    assert "none saved yet" in str(err.value) and trainer.global_step == 3
+    assert "no checkpoint was saved before it" in str(err.value) and trainer.global_step == 3
 
 
 def test_ema_decay_warms_up_then_stays_at_its_setting():

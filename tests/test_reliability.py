@@ -302,3 +302,30 @@ def test_data_errors_name_the_file_and_real_keys(tmp_path):
     with pytest.raises(DataError) as err:
         TextDataModule(PydocSource(), block_size=10**7).info
     assert "train_fraction" not in str(err.value) and "val_fraction" in str(err.value)
+
+
+def test_a_log_dir_that_is_a_file_is_refused_before_hydra_creates_the_run_dir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    env = {**_env(tmp_path), "GENLAB_LOG_DIR": str(blocker)}
+    for args in ([], ["-m", "seed=0,1"]):
+        proc = subprocess.run([sys.executable, "-m", "genlab.train", *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and f"{blocker} is a file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_nan_before_any_checkpoint_says_so(make_cfg, monkeypatch):
+    from genlab.families.vae import objectives
+    from genlab.module import NonFiniteLossError
+
+    original = objectives.ELBO.__call__
+
+    def poisoned(self, vae, nets, x):
+        out = original(self, vae, nets, x)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(objectives.ELBO, "__call__", poisoned)
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was saved before it.*train again") as err:
+        run(make_cfg(*FAST))
+    assert "none saved yet" not in str(err.value)

@@ -14,6 +14,7 @@ genlab-train adds it to every run (it is not a config option: a run without it c
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ class RunGuard(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         signum = interrupt.requested()
+        if trainer.world_size > 1:  # DDP: a signal that reached any rank stops every rank at this step
+            stop = trainer.strategy.reduce_boolean_decision(signum is not None, all=False)
+            signum = (signum or signal.SIGTERM) if stop else None
         if signum is not None:
             path = last_checkpoint_path(trainer)
             trainer.save_checkpoint(path)
