@@ -67,9 +67,15 @@ def test_runs_started_in_the_same_second_get_different_directories(tmp_path):
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(len(o) == 2 and o[0] == o[1] for o in outs), outs  # stable within a process
     assert outs[0][0] != outs[1][0]
-    env = {**_env(tmp_path), "SLURM_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "3"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
-    assert out.split()[0].endswith("_j4242_3")
+
+
+def test_under_slurm_the_run_id_is_the_job_and_array_task(monkeypatch):
+    from genlab import runs
+
+    monkeypatch.setattr(runs, "_RUN_ID", {})
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    assert runs.run_id() == "j4242_3" == runs.run_id()
 
 
 # -- signals --------------------------------------------------------------------------------
