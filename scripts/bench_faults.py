@@ -1,6 +1,6 @@
 """Fault benchmark: short trainings under random SIGTERM / SIGINT / SIGKILL, relaunched until done.
 
-    python scripts/bench_faults.py --trials 6 --steps 120 [--faults 2] [--seed 0] [--out DIR] [-- overrides...]
+    python scripts/bench_faults.py --trials 6 --steps 300 [--faults 2] [--seed 0] [--out DIR] [-- overrides...]
 
 Each trial launches ``genlab-train trainer.max_steps=<steps>`` into its own run directory, sends a
 random signal at a random time, then relaunches the *same command* into the same directory (which
@@ -124,9 +124,9 @@ def render(faults: list[dict], trials: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", type=int, default=6)
-    p.add_argument("--steps", type=int, default=120, help="trainer.max_steps of every run")
+    p.add_argument("--steps", type=int, default=300, help="trainer.max_steps of every run")
     p.add_argument("--faults", type=int, default=2, help="faults per trial before it may finish")
-    p.add_argument("--window", type=float, nargs=2, default=(0.0, 4.0), help="random delay (s) after training starts")
+    p.add_argument("--window", type=float, nargs=2, default=(0.0, 6.0), help="random delay (s) after training starts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="logs/bench_faults")
     p.add_argument("overrides", nargs="*", help="genlab-train overrides (after --)")

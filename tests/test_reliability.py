@@ -139,6 +139,16 @@ def test_resume_from_a_mid_epoch_step_matches_an_uninterrupted_run_bit_for_bit(m
     assert_same_state(full["checkpoints"]["last"], resumed["checkpoints"]["last"])
 
 
+def test_a_step_based_run_resumed_from_an_epoch_end_checkpoint_matches_an_uninterrupted_run(make_cfg):
+    """The checkpoint a SIGKILL leaves behind is the last epoch end; Lightning alone would skip an epoch."""
+    common = [*FAST, "trainer.max_steps=40"]
+    full = run(make_cfg(*common, "trainer.max_epochs=1000", name="full"))
+    part = run(make_cfg(*common, "trainer.max_epochs=2", name="part"))  # ends at an epoch end, step 22
+    assert part["global_step"] == 22
+    resumed = run(make_cfg(*common, "trainer.max_epochs=1000", f"ckpt_path={part['checkpoints']['last']}", name="res"))
+    assert_same_state(full["checkpoints"]["last"], resumed["checkpoints"]["last"])
+
+
 def test_resume_from_a_signal_checkpoint_matches_an_uninterrupted_run(make_cfg, tmp_path):
     common = [*FAST, "trainer.max_steps=30"]
     full = run(make_cfg(*common, name="full"))

@@ -65,16 +65,20 @@ class RunGuard(Callback):
             trainer.should_stop = True  # Lightning validates (and checkpoints) a run that is asked to stop
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        """An epoch cut short by a stop (``max_steps``, ``max_time``) is saved as *unfinished*.
+        """A checkpoint written at the end of an epoch (Lightning's ``on_train_epoch_end`` saves, also
+        of an epoch cut short by ``max_steps`` / ``max_time``) is stored as "inside the epoch, after
+        its last trained batch": processed = started - 1, the form of a checkpoint written at
+        validation end.
 
-        Lightning counts the stopped epoch as processed, so a resume would start the next epoch
-        and skip the rest of this one. Recording it as in progress (processed = started - 1, the
-        state of a checkpoint written inside an epoch) makes the resume continue with the next
-        batch of the same epoch, which the resumable train loader then serves.
+        Lightning 2.6 resumes the epoch-end form wrongly for step-based runs: it counts the epoch as
+        processed twice and skips the next epoch's data order (and an epoch cut short would not be
+        continued at all). From the stored form it finishes the epoch in progress — the resumable
+        train loader serves its remaining batches, none for a complete epoch — and goes on exactly
+        as an uninterrupted run.
         """
         loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        batches, epochs = loop.get("epoch_loop.batch_progress"), loop.get("epoch_progress")
-        if not batches or not epochs or batches.get("is_last_batch", True):
+        epochs = loop.get("epoch_progress")
+        if not epochs or "epoch_loop.batch_progress" not in loop:
             return
         for counts in (epochs["total"], epochs["current"]):
             if counts["processed"] == counts["started"] and counts["completed"] == counts["processed"] - 1:
