@@ -173,6 +173,7 @@ def test_resume_refuses_overrides_it_would_not_apply(make_cfg):
 def test_max_steps_and_max_time_runs_validate_and_checkpoint_their_final_state(make_cfg):
     r = run(make_cfg(*FAST, "trainer.max_steps=7", name="steps"))
     assert r["history"][-1]["step"] == 7 and r["val"]["nll_bpd"] is not None
+    assert r["val"]["best_nll_bpd"] is not None  # what an Optuna trial returns (it was None mid-epoch)
     assert read_checkpoint(r["checkpoints"]["best"])["global_step"] == 7  # the best of all validated states
     r = run(make_cfg(*FAST, "trainer.max_time=00:00:00:02", "trainer.max_epochs=100000", name="time"))
     assert r["history"][-1]["step"] == r["global_step"] > 0
@@ -345,3 +346,17 @@ def test_a_nan_before_any_checkpoint_says_so(make_cfg, monkeypatch):
     with pytest.raises(NonFiniteLossError, match="no checkpoint was saved before it.*train again") as err:
         run(make_cfg(*FAST))
     assert "none saved yet" not in str(err.value)
+
+
+def test_ode_likelihoods_stop_between_function_evaluations_on_a_stop_request():
+    from genlab import interrupt
+    from genlab.families.flow_matching.ode import CountedVelocity
+
+    velocity = CountedVelocity(lambda x, t: -x)
+    x = torch.zeros(2, 3)
+    with interrupt.handling():
+        velocity(torch.tensor(0.5), x)
+        interrupt.handler(signal.SIGTERM, None)
+        with pytest.raises(RunInterrupted, match="SIGTERM during the ODE solve"):
+            velocity(torch.tensor(0.5), x)
+    assert velocity.nfe == 1 and interrupt.requested() is None  # the request ends with the run
