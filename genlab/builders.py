@@ -45,6 +45,30 @@ def choices(cfg: DictConfig) -> dict[str, str]:
     return {g: "?" for g in ("model", "loss", "dataset")}
 
 
+def compose_run(overrides: list[str] | tuple[str, ...] = (), output_dir: str | Path | None = None) -> DictConfig:
+    """A run config from ``genlab-train`` overrides, outside ``@hydra.main`` (scripts, notebooks,
+    benchmarks): ``genlab.train.run(compose_run(["model=ddpm", "trainer.max_steps=100"]))``.
+
+    ``output_dir`` defaults to what ``genlab-train`` would use (``<paths.log_dir>/runs/<date>/<time>_<id>``).
+    Hydra's runtime (the chosen options, used in results.json) is set as for a real run.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    out = Path(output_dir) if output_dir is not None else Path(OmegaConf.select(cfg, "hydra.run.dir"))
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out.absolute())
+        cfg.paths.output_dir = str(out)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 def build_family(cfg: DictConfig) -> Family:
     """Instantiate ``cfg.model`` with ``cfg.loss`` as its training objective."""
     return instantiate(cfg.model, objective=instantiate(cfg.loss))

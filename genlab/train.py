@@ -5,6 +5,7 @@ Every run writes ``<run dir>/results.json`` and ends its output with ``results: 
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from functools import partial
@@ -19,11 +20,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
-from genlab import interrupt, runs
+from genlab import interrupt, quiet, runs
 from genlab.builders import (CONFIG_DIR, build_callbacks_and_loggers, build_family, build_for_user, build_scheduler,
                              check_compatible, choices, sweep_group)
 from genlab.callbacks.guard import RunGuard
 from genlab.callbacks.samples import write_samples
+from genlab.callbacks.summary import ModelSummary
 from genlab.checkpoints import (AtomicCheckpointIO, CheckpointError, CheckpointWriteError, check_resume,
                                 read_checkpoint)
 from genlab.data.base import DataError
@@ -119,14 +121,47 @@ def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
                                       "Fix: correct the trainer.* override named there") from err
 
 
+def set_threads(threads: int | None) -> int:
+    """Set torch's CPU threads (None: keep torch's default, the physical cores); returns the count.
+    genlab's loaders index in-memory tensors in the main process (no DataLoader workers), so this
+    is every thread a run computes with."""
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise IncompatibleConfigError(f"threads={threads!r} is not a thread count. Fix: pass threads=<a positive "
+                                          "integer> (e.g. threads=1 per run when runs share a machine), or threads=null")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def oversubscribed(threads: int, cores: int, load: float) -> str | None:
+    """A warning when the machine's 1-minute load plus this run's threads exceed its cores."""
+    if load + threads < cores + 1:  # another busy process (load >= 1) on top of all cores
+        return None
+    return (f"warning: the machine's load is {load:.1f} on {cores} cores and this run adds {threads} threads: "
+            "it is oversubscribed and every run on the machine slows down. Fix: threads=1 per run when runs share "
+            "a machine (or fewer runs at once)")
+
+
+def header(cfg: DictConfig, chosen: dict[str, str], threads: int) -> str:
+    """The line a run starts with: what trains on what, where it writes, with how many threads."""
+    what = f"model={chosen.get('model', '?')} loss={chosen.get('loss', '?')} dataset={chosen.get('dataset', '?')}"
+    return f"genlab: {what} seed={cfg.seed} | {threads} threads on {os.cpu_count()} cores | run dir {cfg.paths.output_dir}"
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, train, test, sample; return the results dict."""
+    quiet.install()
     run_config, previous = prepare(cfg)
     if previous.action == "skip":
         print(f"{cfg.paths.output_dir} already holds this finished run (same config): skipped", flush=True)
         return {**previous.results, "path": str(Path(cfg.paths.output_dir) / "results.json")}
+    threads = set_threads(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     chosen = choices(cfg)
+    print(header(cfg, chosen, threads), flush=True)
+    warning = oversubscribed(threads, os.cpu_count() or 1, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     datamodule = build_for_user("dataset", lambda: instantiate(cfg.dataset))
     family = build_for_user("model / loss", lambda: build_family(cfg))
     check_compatible(family, datamodule.info, chosen)
@@ -135,7 +170,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                               cfg.seed, run_config)
     callbacks, loggers = build_callbacks_and_loggers(cfg, module)
     guard = RunGuard()
-    trainer = build_trainer(cfg, [*callbacks, guard], loggers)
+    summary = [ModelSummary()] if cfg.trainer.get("enable_model_summary", True) else []
+    trainer = build_trainer(cfg, [*callbacks, *summary, guard], loggers)
     for logger in loggers:
         logger.log_hyperparams(run_config)
     timings: dict[str, float] = {}

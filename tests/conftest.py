@@ -6,12 +6,9 @@ import os
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from genlab.builders import CONFIG_DIR
+from genlab import builders
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -19,15 +16,9 @@ torch.set_num_threads(1)  # small ops: one thread is faster and steady when othe
 
 
 def compose_run(overrides: list[str], output_dir) -> DictConfig:
-    """Compose ``configs/train.yaml`` with overrides, set Hydra's runtime (choices) and the
-    output dir, as ``@hydra.main`` does for a real run."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.output_dir={output_dir}", *overrides], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    """Compose ``configs/train.yaml`` with overrides into ``output_dir``, as ``@hydra.main`` does
+    for a real run (:func:`genlab.builders.compose_run`)."""
+    return builders.compose_run(list(overrides), output_dir)
 
 
 @pytest.fixture
@@ -75,8 +66,8 @@ def tiny_infogan(trained_run):
     from genlab.builders import load_run
 
     results = trained_run("tiny_infogan", "model=dcgan", "model.generator.channels=4", "model.discriminator.channels=4",
-                          "model.categorical_codes=3", "trainer.max_steps=4", "+trainer.limit_val_batches=1",
-                          "+trainer.limit_test_batches=1")
+                          "model.categorical_codes=3", "trainer.max_steps=4", "trainer.limit_val_batches=1",
+                          "trainer.limit_test_batches=1")
 
     def _load(*overrides: str):
         module, _ = load_run(results["checkpoints"]["last"], overrides=list(overrides))

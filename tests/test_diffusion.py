@@ -308,8 +308,8 @@ def test_toy_bound_never_beats_the_entropy_and_the_subsample_agrees_with_all_ste
 
 
 def test_ema_weights_are_validated_and_saved_and_a_resumed_run_continues_exactly(make_cfg, tmp_path):
-    ema = ["+trainer.limit_train_batches=4", "+trainer.limit_val_batches=1",
-           "model.test_timesteps=2", "+trainer.limit_test_batches=1"]
+    ema = ["trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+           "model.test_timesteps=2", "trainer.limit_test_batches=1"]
     full = _toy_run(make_cfg, *ema, "trainer.max_epochs=2", name="full")
     last = {name: tmp_path / name / "checkpoints" / "last.ckpt" for name in ("full", "first", "resumed")}
     ckpt = torch.load(last["full"], weights_only=False)

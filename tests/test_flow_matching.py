@@ -164,7 +164,7 @@ def test_flow_matching_carries_noise_to_a_gaussian_target(dim):
 def test_toy_nll_never_beats_the_true_entropy(make_cfg):
     results = run(make_cfg(
         "model=flow_matching_mlp", "dataset=toy", "trainer.max_epochs=12", "trainer.check_val_every_n_epoch=12",
-        "+trainer.limit_val_batches=1", "num_samples=4", "callbacks.samples.every_n_epochs=100",
+        "trainer.limit_val_batches=1", "num_samples=4", "callbacks.samples.every_n_epochs=100",
         "callbacks.ema.decay=0.9", "model.net.hidden=96", "model.net.layers=2", "optimizer.lr=3e-3",
         "model.test_likelihood.solver.method=midpoint", "model.test_likelihood.solver.steps=8",
     ))

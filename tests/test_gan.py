@@ -171,7 +171,7 @@ def test_extra_convs_deepen_both_nets_at_the_same_resolutions(shape):
 def test_dcgan_with_spectral_norm_and_gradient_penalty_runs_end_to_end_on_digits(make_cfg, loss):
     results = run(make_cfg("model=dcgan", *loss, "model.spectral_norm=true",
                            "model.generator.channels=4", "model.discriminator.channels=4", "trainer.max_steps=2",
-                           "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "model.categorical_codes=3",
+                           "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "model.categorical_codes=3",
                            "num_samples=4", "trainer.log_every_n_steps=1", "callbacks.progress_bar=null"))
     assert results["family"] == "gan" and results["global_step"] == 2 and results["test"] == {"nll_kind": "none"}
     with open(Path(results["path"]).parent / "csv" / "metrics.csv") as f:  # the penalty was added and logged

@@ -104,8 +104,8 @@ def test_bad_guidance_settings_name_the_fix(value, match):
 
 def test_the_snapshot_is_the_ema_at_the_share_of_training_saved_resumed_and_reloaded(make_cfg, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "scripts"))
-    short = ["+trainer.limit_train_batches=4", "+trainer.limit_val_batches=1", "model.test_timesteps=2",
-             "+trainer.limit_test_batches=1", "model.guidance={weight: 2.0, at: 0.5}"]
+    short = ["trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "model.test_timesteps=2",
+             "trainer.limit_test_batches=1", "model.guidance={weight: 2.0, at: 0.5}"]
     full = _toy_run(make_cfg, *short, "trainer.max_epochs=2", name="full")  # 8 steps: the guide at step 4
     ckpt = torch.load(full["checkpoint"], weights_only=False)
     ema, raw = ckpt["state_dict"], ckpt["current_model_state"]

@@ -129,7 +129,7 @@ RESUME_CASES = {
 
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_resume_from_a_mid_epoch_step_matches_an_uninterrupted_run_bit_for_bit(make_cfg, case):
-    common = [*RESUME_CASES[case], *FAST[1:], "trainer.max_epochs=1000", "+trainer.limit_test_batches=1"]
+    common = [*RESUME_CASES[case], *FAST[1:], "trainer.max_epochs=1000", "trainer.limit_test_batches=1"]
     full = run(make_cfg(*common, "trainer.max_steps=30", name="full"))
     part = run(make_cfg(*common, "trainer.max_steps=16", name="part"))  # stops mid-epoch
     assert part["history"][-1]["step"] == part["global_step"] == 16  # the last step was validated
@@ -284,7 +284,7 @@ def test_a_finished_run_of_another_config_is_never_overwritten(make_cfg, tmp_pat
     (["dataset.eval_batch_size=0"], DataError, "dataset.eval_batch_size=0"),
     (["dataset=array"], IncompatibleConfigError, r"dataset.path must be set"),
     (["trainer.max_steps=abc"], IncompatibleConfigError, r"trainer.max_steps='abc' is not an integer"),
-    (["+trainer.limit_val_batches=lots"], IncompatibleConfigError, r"trainer.limit_val_batches='lots'"),
+    (["trainer.limit_val_batches=lots"], IncompatibleConfigError, r"trainer.limit_val_batches='lots'"),
     (["model._target_=genlab.families.vae.Nope"], IncompatibleConfigError, r"model / loss config.*cannot be built"),
 ])
 def test_bad_config_values_are_refused_naming_the_key(make_cfg, overrides, error, words):

@@ -14,7 +14,7 @@ from genlab.tasks.base import TaskError, load_context
 from genlab.tasks.cli import main
 from genlab.tasks.compress import Config, Header, decode_file, level_log_probs
 
-FAST = ["callbacks.samples.every_n_epochs=1000", "++trainer.limit_val_batches=2"]
+FAST = ["callbacks.samples.every_n_epochs=1000", "trainer.limit_val_batches=2"]
 
 
 # -- the coder ---------------------------------------------------------------------------------
@@ -178,7 +178,7 @@ def test_a_corrupt_or_foreign_file_is_refused(pixelcnn, tmp_path):
 
 def test_text_with_the_transformer_skips_png(trained_run, tmp_path):
     ckpt = trained_run("transformer_text_tiny", "model=transformer", "dataset=text", "dataset.block_size=24", *FAST,
-                       "++trainer.limit_test_batches=2", "trainer.max_steps=30", "model.net.d_model=16",
+                       "trainer.limit_test_batches=2", "trainer.max_steps=30", "model.net.d_model=16",
                        "model.net.n_layers=1", "model.net.n_heads=2")["checkpoint"]
     assert main(["compress", f"ckpt={ckpt}", f"out={tmp_path}", "n=6", "batch_size=4"]) == 0
     report = json.loads((tmp_path / "compress.json").read_text())
@@ -191,7 +191,7 @@ def test_text_with_the_transformer_skips_png(trained_run, tmp_path):
 
 def test_a_latent_variable_model_is_refused_by_name(trained_run, tmp_path, capsys):
     ckpt = trained_run("vae_digits_tiny", "model=vae", "dataset=digits", *FAST, "trainer.max_steps=3",
-                       "++trainer.limit_test_batches=1", "model.encoder.hidden=[16]", "model.decoder.hidden=[16]",
+                       "trainer.limit_test_batches=1", "model.encoder.hidden=[16]", "model.decoder.hidden=[16]",
                        "model.test_k=2")["checkpoint"]
     assert main(["compress", f"ckpt={ckpt}", f"out={tmp_path}", "n=4"]) == 2
     err = capsys.readouterr().err

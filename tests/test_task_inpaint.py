@@ -19,7 +19,7 @@ from genlab.tasks.inpaint import fill_autoregressive, order_is_exact, repaint_sc
 from genlab.tasks.masks import make_mask
 
 DIGITS = ["dataset=digits", "trainer.max_steps=-1", "trainer.check_val_every_n_epoch=${trainer.max_epochs}",
-          "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1", "callbacks.samples.every_n_epochs=1000",
+          "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "callbacks.samples.every_n_epochs=1000",
           "trainer.enable_model_summary=false"]  # about 12 steps per epoch; validated (and saved) at the end
 # tiny models, shared with tests/test_task_denoise.py through the session fixture (same names, same overrides)
 RUNS: dict[str, list[str]] = {

@@ -37,7 +37,7 @@ def gan(trained_run):
 @pytest.fixture(scope="module")
 def fm(trained_run):
     return trained_run("fm_digits", "model=flow_matching_mlp", *FAST, "trainer.max_steps=300", "optimizer.lr=2e-3",
-                       "model.net.hidden=64", "model.net.layers=2", "+trainer.limit_test_batches=1",
+                       "model.net.hidden=64", "model.net.layers=2", "trainer.limit_test_batches=1",
                        "dataset.eval_batch_size=20", "model.test_likelihood.solver.method=midpoint")["checkpoint"]
 
 
@@ -208,8 +208,8 @@ def test_an_ebm_on_images_scores_by_its_energy(trained_run, tmp_path):
 def test_text_anomaly_by_a_char_transformer_and_image_tasks_refuse_text(trained_run, tmp_path, capsys):
     # the same tiny run as tests/test_task_compress.py (trained once per session)
     ckpt = trained_run("transformer_text_tiny", "model=transformer", "dataset=text", "dataset.block_size=24",
-                       "callbacks.samples.every_n_epochs=1000", "++trainer.limit_val_batches=2",
-                       "++trainer.limit_test_batches=2", "trainer.max_steps=30", "model.net.d_model=16",
+                       "callbacks.samples.every_n_epochs=1000", "trainer.limit_val_batches=2",
+                       "trainer.limit_test_batches=2", "trainer.max_steps=30", "model.net.d_model=16",
                        "model.net.n_layers=1", "model.net.n_heads=2")["checkpoint"]
     assert main(["anomaly", f"ckpt={ckpt}", f"out={tmp_path}", "n=40", "ood=[noise,shuffled]"]) == 0
     report = json.loads((tmp_path / "anomaly.json").read_text())

@@ -67,12 +67,14 @@ class SampleGrid(L.Callback):
 
     def __init__(self, n: int = 64, every_n_epochs: int = 1, seed: int = 1234) -> None:
         self.n, self.every_n_epochs, self.seed = n, every_n_epochs, seed
+        self.drawn_epoch: int | None = None  # once per epoch, also with several validations in it
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
+        if (trainer.current_epoch + 1) % self.every_n_epochs or self.drawn_epoch == trainer.current_epoch:
             return
+        self.drawn_epoch = trainer.current_epoch
         with torch.random.fork_rng(devices=[]):
             x = pl_module.sample(self.n, seed=self.seed)
         path = write_samples(x, pl_module.info, Path(trainer.default_root_dir) / "samples" / f"epoch={trainer.current_epoch:04d}")
