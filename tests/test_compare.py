@@ -28,6 +28,7 @@ def sweep(tmp_path_factory):
     return sweep_dir
 
 
+@pytest.mark.slow
 def test_the_sweep_runs_every_listed_family_with_the_same_seed_and_data(sweep):
     runs = [json.loads(p.read_text()) for p in sweep.rglob("results.json")]
     assert sorted(r["family"] for r in runs) == ["flow", "vae"]
@@ -36,6 +37,7 @@ def test_the_sweep_runs_every_listed_family_with_the_same_seed_and_data(sweep):
     assert len({r["sweep_group"] for r in runs}) == 1 and runs[0]["sweep_group"].endswith(sweep.name)
 
 
+@pytest.mark.slow
 def test_compare_writes_one_row_per_family_and_real_pngs(sweep, tmp_path, capsys):
     assert main([str(sweep), "--quality-n", "60", "--cache-dir", str(tmp_path / "cache")]) == 0
     rows = list(csv.DictReader(open(sweep / "comparison.csv")))
@@ -83,6 +85,7 @@ def test_no_results_is_a_clear_error(tmp_path, capsys):
     assert "no results.json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_refused_run_does_not_stop_the_sweep_and_is_listed(tmp_path):
     cmd = [sys.executable, "-m", "genlab.train", "experiment=compare_families", "+family=autoregressive,flow",
            "dataset=mixture2d", f"paths.log_dir={tmp_path}"]

@@ -88,6 +88,7 @@ def _gaussian_grid_nll(train: torch.Tensor, test: torch.Tensor, levels: int) -> 
     return float(-(gauss.log_prob(centre(test)) - log_z).mean())
 
 
+@pytest.mark.slow
 def test_mixture2d_exact_nll_beats_a_gaussian_and_respects_the_entropy(make_cfg):
     results = run(make_cfg("experiment=ebm_mixture2d", "trainer.max_epochs=12", "model.sampler.train_steps=20",
                            "callbacks.samples.every_n_epochs=100"))

@@ -265,6 +265,7 @@ TOY_RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TOY_RUNS))
 def test_toy_nll_never_beats_the_true_entropy(name, make_cfg):
     results = run(make_cfg(

@@ -161,6 +161,7 @@ def test_flow_matching_carries_noise_to_a_gaussian_target(dim):
 
 
 # -- toy data: never below the true entropy ------------------------------------------------------------
+@pytest.mark.slow
 def test_toy_nll_never_beats_the_true_entropy(make_cfg):
     results = run(make_cfg(
         "model=flow_matching_mlp", "dataset=toy", "trainer.max_epochs=12", "trainer.check_val_every_n_epoch=12",

@@ -250,6 +250,7 @@ def test_calibration_sets_the_bound_at_the_quantile_and_rejection_recovers_the_r
         RejectionCalibration(quantile=1.5)
 
 
+@pytest.mark.slow
 def test_rejection_sampling_gan_is_calibrated_at_validation_and_raises_sample_quality(make_cfg):
     """Ring of 8: the checkpoint carries the calibration, and the discriminator rejects
     off-mode samples, so the high-quality share of DRS samples beats the plain generator's."""
@@ -275,6 +276,7 @@ def test_rejection_sampling_gan_is_calibrated_at_validation_and_raises_sample_qu
 
 
 # -- training --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_ring_of_8_modes_covered_and_results_carry_no_likelihood(make_cfg, tmp_path):
     results = run(make_cfg("experiment=gan_mixture2d", "callbacks.progress_bar=null"))
     assert results["global_step"] == 1600
@@ -290,6 +292,7 @@ def test_ring_of_8_modes_covered_and_results_carry_no_likelihood(make_cfg, tmp_p
     assert {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake"} <= set(rows[0])
 
 
+@pytest.mark.slow
 def test_infogan_codes_become_the_modes_of_the_ring_of_8(make_cfg):
     """InfoGAN's categorical code (8 values, no labels): Q learns to read the code back (the
     information bound ``H(c) - CE`` ends well above 0 nats), and each code's samples fall mostly

@@ -62,6 +62,7 @@ def test_truncation_keeps_the_flattest_proposals_in_order_and_bad_settings_name_
             JacobianTruncation.parse(bad)
 
 
+@pytest.mark.slow
 def test_truncated_ring_samples_are_more_often_on_a_mode_and_keep_the_modes(trained_run):
     """Ring of 8 (seeded, the refinement test's training): the samples between two modes are where the
     generator's Jacobian is large, so keeping the flattest 80% lands more samples within the

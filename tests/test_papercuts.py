@@ -48,6 +48,7 @@ def test_oversubscription_is_warned_only_when_the_load_says_so():
     assert warning and "threads=1 per run" in warning
 
 
+@pytest.mark.slow
 def test_a_short_run_prints_no_lightning_noise(tmp_path):
     env = {**os.environ, "GENLAB_LOG_DIR": str(tmp_path / "logs"), "WANDB_MODE": "offline"}
     proc = subprocess.run([sys.executable, "-m", "genlab.train", "trainer.max_steps=15", "model.test_k=2",

@@ -140,6 +140,7 @@ def test_invalid_sizes_are_refused():
         GatedPixelCNN((3, 8, 8), 2, 2, channels=2)
 
 
+@pytest.mark.slow
 def test_toy_nll_approaches_but_never_beats_the_true_entropy(make_cfg):
     results = run(make_cfg("model=pixelcnn", "dataset=toy", "trainer.max_epochs=30", "optimizer.lr=3e-3",
                            "model.net.channels=16", "model.net.layers=3", "model.net.out_hidden=32",

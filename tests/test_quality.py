@@ -77,6 +77,7 @@ def classifier_cache(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_feature_classifier_is_trained_once_cached_and_separates_real_from_noise(classifier_cache):
     dm = DigitsDataModule(seed=0)
     logs = []
@@ -101,6 +102,7 @@ def test_unlabelled_data_is_refused_with_the_fix(tmp_path):
         get_classifier(ToyDataModule(), tmp_path)
 
 
+@pytest.mark.slow
 def test_genlab_eval_scores_a_trained_run_next_to_the_real_floor(make_cfg, classifier_cache, capsys, monkeypatch):
     monkeypatch.setenv("GENLAB_INCEPTION_WEIGHTS", "/nonexistent/inception.pth")
     from genlab.evaluate import main

@@ -57,6 +57,7 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> str:
 
 
 # -- run directories ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_runs_started_in_the_same_second_get_different_directories(tmp_path):
     code = ("from hydra import compose, initialize_config_dir; from genlab.builders import CONFIG_DIR\n"
             "with initialize_config_dir(str(CONFIG_DIR), version_base='1.3'):\n"
@@ -79,7 +80,7 @@ def test_under_slurm_the_run_id_is_the_job_and_array_task(monkeypatch):
 
 
 # -- signals --------------------------------------------------------------------------------
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)])
 def test_a_signal_checkpoints_the_current_step_records_interrupted_and_exits_nonzero(tmp_path, signum, code):
     out = tmp_path / "run"
     proc = _popen(["trainer.max_steps=100000", "trainer.max_epochs=100000", f"hydra.run.dir={out}", *FAST,
@@ -100,6 +101,7 @@ def test_a_signal_checkpoints_the_current_step_records_interrupted_and_exits_non
     assert "Traceback" not in rest and "ckpt_path=" in rest
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_long_evaluation_exits_within_seconds(tmp_path):
     """The DDPM's full bound over 999 timesteps takes minutes: the test phase checks between chunks."""
     out = tmp_path / "run"
@@ -127,6 +129,7 @@ RESUME_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_resume_from_a_mid_epoch_step_matches_an_uninterrupted_run_bit_for_bit(make_cfg, case):
     common = [*RESUME_CASES[case], *FAST[1:], "trainer.max_epochs=1000", "trainer.limit_test_batches=1"]
@@ -233,6 +236,7 @@ def test_corrupted_truncated_and_foreign_checkpoints_are_refused_naming_the_file
         run(make_cfg(*FAST, "trainer.max_steps=6", f"ckpt_path={flipped}", name="resume"))
 
 
+@pytest.mark.slow
 def test_eval_and_task_clis_refuse_bad_checkpoints_with_one_error(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_text("hello")
@@ -244,6 +248,7 @@ def test_eval_and_task_clis_refuse_bad_checkpoints_with_one_error(tmp_path):
 
 
 # -- relaunched sweeps ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_killed_sweep_relaunched_skips_finished_runs_and_resumes_the_interrupted_one(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", "seed=0,1", "trainer.max_steps=60", f"hydra.sweep.dir={sweep}", *FAST]
@@ -321,6 +326,7 @@ def test_data_errors_name_the_file_and_real_keys(tmp_path):
     assert "train_fraction" not in str(err.value) and "val_fraction" in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_log_dir_that_is_a_file_is_refused_before_hydra_creates_the_run_dir(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")

@@ -25,6 +25,7 @@ def _train(*args, timeout=600):
     return out
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_trials_and_minimises_the_validation_nll(tmp_path):
     _train("hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
            f"paths.log_dir={tmp_path}", "trainer.max_epochs=1", "num_samples=4", *SMALL_PIXELCNN)
@@ -44,6 +45,7 @@ def test_slurm_launcher_config_composes_to_submitit():
     assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", [SMALL_PIXELCNN])
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_combined_batch(tmp_path, model):
     common = [*model, "trainer.max_epochs=2", "num_samples=4", "dataset.eval_batch_size=50", "seed=3"]

@@ -126,6 +126,7 @@ def _examples_and_nll_bits(ckpt: str, n: int, split: str = "test") -> tuple[torc
     return x, nats / math.log(2), ctx
 
 
+@pytest.mark.slow
 def test_pixelcnn_file_decodes_exactly_and_costs_its_nll(pixelcnn, tmp_path, capsys):
     n = 30
     assert main(["compress", f"ckpt={pixelcnn}", f"out={tmp_path}", f"n={n}", "batch_size=16"]) == 0

@@ -86,6 +86,7 @@ def test_matching_time_refuses_noise_below_the_paths_floor():
 # -- end to end -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,method", [("task_ddpm", "ddim"), ("task_ddpm", "mean"), ("task_fm", "ode"),
                                          ("task_fm", "mean")])
+@pytest.mark.slow
 def test_denoising_raises_the_psnr_of_noisy_digits(trained_run, tmp_path, capsys, name, method):
     ckpt, sigma = checkpoint(trained_run, name), 0.3
     assert main(["denoise", f"ckpt={ckpt}", f"out={tmp_path}", "n=100", f"sigma={sigma}", f"method={method}"]) == 0

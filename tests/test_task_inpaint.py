@@ -144,6 +144,7 @@ def _noise_fill_mse(real: Tensor, missing: Tensor, levels: int) -> float:
     ("task_pixelcnn", "bottom", []), ("task_ddpm", "random", ["steps=20"]), ("task_fm", "bottom", ["steps=10"]),
     ("task_vae", "box", ["iters=10"]), ("task_ebm", "random", []),
 ])
+@pytest.mark.slow
 def test_inpaint_keeps_the_observed_pixels_and_beats_a_noise_fill(trained_run, tmp_path, capsys, name, mask, extra):
     ckpt = checkpoint(trained_run, name)
     assert main(["inpaint", f"ckpt={ckpt}", f"out={tmp_path}", "n=40", f"mask={mask}", *extra]) == 0
@@ -165,6 +166,7 @@ def test_inpaint_keeps_the_observed_pixels_and_beats_a_noise_fill(trained_run, t
     assert "| model |" in (tmp_path / "inpaint.md").read_text()
 
 
+@pytest.mark.slow
 def test_autoregressive_box_mask_is_reported_as_not_exact(trained_run, tmp_path):
     ckpt = checkpoint(trained_run, "task_pixelcnn")
     assert main(["inpaint", f"ckpt={ckpt}", f"out={tmp_path}", "n=4", "mask=box"]) == 0

@@ -93,6 +93,7 @@ def test_ood_transforms():
         make_ood("rotated", t, "text", 50, g)
 
 
+@pytest.mark.slow
 def test_anomaly_separates_noise_and_matches_the_test_nll(vae, trained_run, tmp_path):
     assert main(["anomaly", f"ckpt={vae}", f"out={tmp_path}", "n=1000", "batch_size=200"]) == 0
     report = json.loads((tmp_path / "anomaly.json").read_text())
@@ -165,6 +166,7 @@ def test_vae_interpolation_moves_from_a_to_b(vae, tmp_path):
     assert (d_a[:, -1] > d_a[:, 0]).all() and report["endpoint"]["mean_abs_error_levels"] < 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["fm", "ddpm"])
 def test_ode_and_ddim_inversion_round_trip_better_than_chance(which, request, tmp_path):
     ckpt = request.getfixturevalue(which)
@@ -180,6 +182,7 @@ def test_ode_and_ddim_inversion_round_trip_better_than_chance(which, request, tm
 
 
 # -- augmentation -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_augment_writes_a_loadable_dataset_and_scores_three_classifiers(vae, tmp_path):
     assert main(["augment", f"ckpt={vae}", f"out={tmp_path}", "n_synthetic=300", "n_real=300",
                  "classifier_steps=300", "min_confidence=0.5"]) == 0

@@ -43,6 +43,7 @@ def test_default_run_end_to_end(tmp_path):
     assert "Epoch" in proc.stderr + proc.stdout  # a progress bar was shown
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_paragraph_not_a_traceback(tmp_path):
     proc = _cli(["model=vae_conv", "dataset=text"], tmp_path)
     assert proc.returncode != 0
@@ -94,6 +95,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_the_last_good_checkpoint(make
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_toy_nll_approaches_but_never_beats_the_true_entropy(make_cfg):
     results = run(make_cfg("experiment=vae_toy", "model.test_k=200", "trainer.max_epochs=60"))
     entropy = results["data"]["entropy_bpd"]
@@ -130,6 +132,7 @@ def test_a_checkpoint_alone_rebuilds_the_run(make_cfg):
     assert x.shape == (8, 1, 8, 8) and x.dtype == torch.uint8
 
 
+@pytest.mark.slow
 def test_benchmark_runner_returns_the_results_of_a_cli_run(tmp_path, monkeypatch):
     from genlab.bench import bench_parser, budget, run_training, train_experiment
 

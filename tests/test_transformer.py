@@ -163,6 +163,7 @@ def test_head_is_tied_for_categorical_outputs_and_separate_otherwise():
     assert other(torch.zeros(2, 1, 2, 4, dtype=torch.uint8)).shape == (2, mixture, 8)
 
 
+@pytest.mark.slow
 def test_toy_nll_is_between_the_true_entropy_and_the_uniform_model(make_cfg):
     results = run(make_cfg(
         "model=transformer", "dataset=toy", "dataset.batch_size=64", "model.net.d_model=32",
