@@ -21,10 +21,11 @@ _state: dict[str, int | None] = {"signum": None}
 
 
 class RunInterrupted(Exception):
-    """A run was stopped by a signal (SIGTERM / SIGINT); ``signum`` says which."""
+    """A run was stopped by a signal (SIGTERM / SIGINT); ``signum`` says which, ``checkpoint`` (set by
+    ``genlab-train``) where the state at the stop was saved."""
 
     def __init__(self, signum: int, where: str = "") -> None:
-        self.signum = signum
+        self.signum, self.checkpoint = signum, None
         super().__init__(f"interrupted by {signal.Signals(signum).name}{' ' + where if where else ''}")
 
     @property

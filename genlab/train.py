@@ -148,13 +148,8 @@ def header(cfg: DictConfig, chosen: dict[str, str], threads: int) -> str:
     return f"genlab: {what} seed={cfg.seed} | {threads} threads on {os.cpu_count()} cores | run dir {cfg.paths.output_dir}"
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Build everything from ``cfg``, train, test, sample; return the results dict."""
-    quiet.install()
-    run_config, previous = prepare(cfg)
-    if previous.action == "skip":
-        print(f"{cfg.paths.output_dir} already holds this finished run (same config): skipped", flush=True)
-        return {**previous.results, "path": str(Path(cfg.paths.output_dir) / "results.json")}
+def start(cfg: DictConfig) -> dict[str, str]:
+    """Threads, seed, the header line and an oversubscription warning; returns the chosen options."""
     threads = set_threads(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     chosen = choices(cfg)
@@ -162,18 +157,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     warning = oversubscribed(threads, os.cpu_count() or 1, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    return chosen
+
+
+def build_run(cfg: DictConfig, run_config: dict, chosen: dict[str, str]) -> tuple[GenerativeModule, Any, L.Trainer,
+                                                                                  RunGuard]:
+    """Datamodule, module (family, optimizer, schedule), trainer with every callback and logger."""
     datamodule = build_for_user("dataset", lambda: instantiate(cfg.dataset))
     family = build_for_user("model / loss", lambda: build_family(cfg))
     check_compatible(family, datamodule.info, chosen)
     optimizer = build_for_user("optimizer", lambda: instantiate(cfg.optimizer))
-    module = GenerativeModule(family, datamodule.info, optimizer, build_for_user("scheduler", lambda: build_scheduler(cfg)),
-                              cfg.seed, run_config)
+    scheduler = build_for_user("scheduler", lambda: build_scheduler(cfg))
+    module = GenerativeModule(family, datamodule.info, optimizer, scheduler, cfg.seed, run_config)
     callbacks, loggers = build_callbacks_and_loggers(cfg, module)
     guard = RunGuard()
     summary = [ModelSummary()] if cfg.trainer.get("enable_model_summary", True) else []
     trainer = build_trainer(cfg, [*callbacks, *summary, guard], loggers)
     for logger in loggers:
         logger.log_hyperparams(run_config)
+    return module, datamodule, trainer, guard
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Build everything from ``cfg``, train, test, sample; return the results dict. A finished run
+    already in the output dir is skipped, an unfinished one resumed (:func:`prepare`)."""
+    quiet.install()
+    run_config, previous = prepare(cfg)
+    if previous.action == "skip":
+        print(f"{cfg.paths.output_dir} already holds this finished run (same config): skipped", flush=True)
+        return {**previous.results, "path": str(Path(cfg.paths.output_dir) / "results.json")}
+    chosen = start(cfg)
+    module, datamodule, trainer, guard = build_run(cfg, run_config, chosen)
     timings: dict[str, float] = {}
     ckpts: dict[str, str | None] = {}
     record = partial(_record, cfg, chosen, module, trainer, timings)
@@ -182,8 +196,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             metrics, samples = _fit_test_sample(cfg, module, trainer, datamodule, timings, ckpts)
     except interrupt.RunInterrupted as err:
         paths = _saved(trainer, ckpts)
-        paths["last"] = guard.interrupt_checkpoint or paths["last"]
-        err.checkpoint = paths["last"]
+        paths["last"] = err.checkpoint = guard.interrupt_checkpoint or paths["last"]
         record(paths, "interrupted", str(err))
         raise
     except RUN_ERRORS as err:  # keep a record of the failed run next to its checkpoints
@@ -263,7 +276,7 @@ def train_main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
     except interrupt.RunInterrupted as err:  # also in a sweep: the process was asked to stop
-        ckpt = getattr(err, "checkpoint", None)
+        ckpt = err.checkpoint
         print(f"\n{err}; the run's state is saved in {ckpt or 'no checkpoint (none written yet)'}"
               f"{'. Resume with ckpt_path=' + ckpt if ckpt else ''}; results: "
               f"{Path(cfg.paths.output_dir) / 'results.json'} (status: interrupted)", file=sys.stderr, flush=True)
