@@ -124,13 +124,44 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O through :func:`write_checkpoint` and :func:`read_checkpoint`."""
+    """Lightning checkpoint I/O through :func:`write_checkpoint` and :func:`read_checkpoint`.
+
+    ``preloaded``: checkpoints already read and verified (``{path: dict}``, e.g. the resume
+    checkpoint that ``genlab-train`` checks against the run config); each is served once instead of
+    being read again.
+    """
+
+    def __init__(self, preloaded: dict[str, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self.preloaded = {str(Path(k).resolve()): v for k, v in (preloaded or {}).items()}
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         write_checkpoint(checkpoint, path)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        return read_checkpoint(path, map_location=map_location or "cpu")
+        cached = self.preloaded.pop(str(Path(path).resolve()), None)
+        return cached if cached is not None else read_checkpoint(path, map_location=map_location or "cpu")
+
+
+def differences(a: str | Path, b: str | Path) -> list[str]:
+    """What differs between two checkpoints' training state: global step, weights (also the raw
+    ones of an EMA run) and optimizer states, compared bit for bit; ``[]`` when identical."""
+    x, y = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b))
+    out = [] if x["global_step"] == y["global_step"] else ["global_step"]
+    for key in ("state_dict", "current_model_state"):
+        if (key in x) != (key in y):
+            out.append(key)
+        out += [f"{key}[{k}]" for k in x.get(key, {}) if k not in y.get(key, {}) or not torch.equal(x[key][k], y[key][k])]
+    if len(x["optimizer_states"]) != len(y["optimizer_states"]):
+        return [*out, "optimizer_states"]
+    for oa, ob in zip(x["optimizer_states"], y["optimizer_states"]):
+        for i, state in oa["state"].items():
+            for name, v in state.items():
+                w = ob["state"].get(i, {}).get(name)
+                tensors = torch.is_tensor(v) and torch.is_tensor(w)
+                if not (torch.equal(v, w) if tensors else (not torch.is_tensor(v) and v == w)):
+                    out.append(f"optimizer state {i}.{name}")
+    return out
 
 
 # -- run identity -----------------------------------------------------------------------------

@@ -95,9 +95,10 @@ def check_trainer(trainer: dict[str, Any]) -> None:
                                           f"e.g. trainer.{key}=100, or drop the override")
 
 
-def prepare(cfg: DictConfig) -> tuple[dict[str, Any], runs.Previous]:
+def prepare(cfg: DictConfig) -> tuple[dict[str, Any], runs.Previous, dict[str, dict]]:
     """Resolve the config, check the output dir, and decide about a run already there (skip a
-    finished one, resume an interrupted one); a resume is checked against its checkpoint."""
+    finished one, resume an interrupted one); a resume is checked against its checkpoint, which is
+    returned (``{path: checkpoint}``) so that the trainer does not read it again."""
     config = resolve(cfg)
     out_dir = Path(cfg.paths.output_dir)
     runs.check_writable(out_dir)
@@ -107,15 +108,18 @@ def prepare(cfg: DictConfig) -> tuple[dict[str, Any], runs.Previous]:
         with open_dict(cfg):
             cfg.ckpt_path = previous.checkpoint
         config["ckpt_path"] = previous.checkpoint
+    read: dict[str, dict] = {}
     if cfg.get("ckpt_path") and previous.action != "skip":
-        check_resume(str(cfg.ckpt_path), read_checkpoint(cfg.ckpt_path), config)
-    return config, previous
+        read[str(cfg.ckpt_path)] = read_checkpoint(cfg.ckpt_path)
+        check_resume(str(cfg.ckpt_path), read[str(cfg.ckpt_path)], config)
+    return config, previous, read
 
 
-def build_trainer(cfg: DictConfig, callbacks: list, loggers: list) -> L.Trainer:
-    """``lightning.Trainer`` from ``cfg.trainer`` with genlab's atomic, verified checkpoint I/O."""
+def build_trainer(cfg: DictConfig, callbacks: list, loggers: list, read: dict[str, dict] | None = None) -> L.Trainer:
+    """``lightning.Trainer`` from ``cfg.trainer`` with genlab's atomic, verified checkpoint I/O
+    (``read``: checkpoints already read, served without a second read)."""
     try:
-        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO()])
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=[AtomicCheckpointIO(read)])
     except InstantiationException as err:
         raise IncompatibleConfigError(f"the trainer config was refused by lightning.Trainer ({err.__cause__ or err}). "
                                       "Fix: correct the trainer.* override named there") from err
@@ -160,8 +164,8 @@ def start(cfg: DictConfig) -> dict[str, str]:
     return chosen
 
 
-def build_run(cfg: DictConfig, run_config: dict, chosen: dict[str, str]) -> tuple[GenerativeModule, Any, L.Trainer,
-                                                                                  RunGuard]:
+def build_run(cfg: DictConfig, run_config: dict, chosen: dict[str, str],
+              read: dict[str, dict]) -> tuple[GenerativeModule, Any, L.Trainer, RunGuard]:
     """Datamodule, module (family, optimizer, schedule), trainer with every callback and logger."""
     datamodule = build_for_user("dataset", lambda: instantiate(cfg.dataset))
     family = build_for_user("model / loss", lambda: build_family(cfg))
@@ -172,7 +176,7 @@ def build_run(cfg: DictConfig, run_config: dict, chosen: dict[str, str]) -> tupl
     callbacks, loggers = build_callbacks_and_loggers(cfg, module)
     guard = RunGuard()
     summary = [ModelSummary()] if cfg.trainer.get("enable_model_summary", True) else []
-    trainer = build_trainer(cfg, [*callbacks, *summary, guard], loggers)
+    trainer = build_trainer(cfg, [*callbacks, *summary, guard], loggers, read)
     for logger in loggers:
         logger.log_hyperparams(run_config)
     return module, datamodule, trainer, guard
@@ -182,12 +186,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, train, test, sample; return the results dict. A finished run
     already in the output dir is skipped, an unfinished one resumed (:func:`prepare`)."""
     quiet.install()
-    run_config, previous = prepare(cfg)
+    run_config, previous, read = prepare(cfg)
     if previous.action == "skip":
         print(f"{cfg.paths.output_dir} already holds this finished run (same config): skipped", flush=True)
         return {**previous.results, "path": str(Path(cfg.paths.output_dir) / "results.json")}
     chosen = start(cfg)
-    module, datamodule, trainer, guard = build_run(cfg, run_config, chosen)
+    module, datamodule, trainer, guard = build_run(cfg, run_config, chosen, read)
     timings: dict[str, float] = {}
     ckpts: dict[str, str | None] = {}
     record = partial(_record, cfg, chosen, module, trainer, timings)

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from genlab.checkpoints import differences
+
 SIGNALS = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGKILL": signal.SIGKILL}
 
 
@@ -93,15 +95,6 @@ def finish(run_dir: Path, steps: int, overrides: list[str]) -> int:
     return launch(run_dir, steps, overrides).wait(timeout=3600)
 
 
-def same_state(a: Path, b: Path) -> bool:
-    x, y = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b))
-    weights = all(torch.equal(x["state_dict"][k], y["state_dict"][k]) for k in x["state_dict"])
-    opt = all(torch.equal(u, v) for sa, sb in zip(x["optimizer_states"], y["optimizer_states"])
-              for i in sa["state"] for u, v in zip(sa["state"][i].values(), sb["state"][i].values())
-              if torch.is_tensor(u))
-    return weights and opt and x["global_step"] == y["global_step"]
-
-
 def render(faults: list[dict], trials: list[dict]) -> str:
     lines = ["| trial | signal | exit code | steps done | checkpointed at | steps lost | exit s |", "|---|---|---|---|---|---|---|"]
     for f in faults:
@@ -143,8 +136,8 @@ def main() -> None:
         rc = finish(run_dir, a.steps, a.overrides)
         results = json.loads((run_dir / "results.json").read_text())
         trials.append({"trial": i, "finished": rc == 0 and results["status"] == "finished",
-                       "same_as_uninterrupted": same_state(ref / "checkpoints" / "last.ckpt",
-                                                           run_dir / "checkpoints" / "last.ckpt")})
+                       "same_as_uninterrupted": not differences(ref / "checkpoints" / "last.ckpt",
+                                                                    run_dir / "checkpoints" / "last.ckpt")})
     report = render(faults, trials)
     (out / "report.md").write_text(report + "\n")
     (out / "faults.json").write_text(json.dumps({"faults": faults, "trials": trials}, indent=2))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import Callback
 
 from genlab import interrupt
+from genlab.checkpoints import differences
 
 
 class StopAt(Callback):
@@ -36,16 +36,4 @@ def flip_bytes(path: Path, n: int = 4096, at: float = 0.5) -> None:
 def assert_same_state(a_path: str, b_path: str) -> None:
     """Two checkpoints hold bit-identical weights (also the raw ones of an EMA run), optimizer states
     and global step."""
-    a, b = (torch.load(p, map_location="cpu", weights_only=False) for p in (a_path, b_path))
-    assert a["global_step"] == b["global_step"]
-    for key in ("state_dict", "current_model_state"):
-        assert (key in a) == (key in b)
-        for k in a.get(key, {}):
-            assert torch.equal(a[key][k], b[key][k]), f"{key}[{k}] differs"
-    assert len(a["optimizer_states"]) == len(b["optimizer_states"])
-    for oa, ob in zip(a["optimizer_states"], b["optimizer_states"]):
-        assert oa["state"].keys() == ob["state"].keys()
-        for i in oa["state"]:
-            for name, v in oa["state"][i].items():
-                w = ob["state"][i][name]
-                assert torch.equal(v, w) if torch.is_tensor(v) else v == w, f"optimizer state {i}.{name} differs"
+    assert differences(a_path, b_path) == []

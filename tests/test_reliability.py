@@ -366,3 +366,20 @@ def test_ode_likelihoods_stop_between_function_evaluations_on_a_stop_request():
         with pytest.raises(RunInterrupted, match="SIGTERM during the ODE solve"):
             velocity(torch.tensor(0.5), x)
     assert velocity.nfe == 1 and interrupt.requested() is None  # the request ends with the run
+
+
+def test_a_resumed_checkpoint_is_read_once(make_cfg, monkeypatch):
+    import genlab.train
+
+    part = run(make_cfg(*FAST, "trainer.max_steps=5", name="part"))
+    reads: list[str] = []
+    real = checkpoints.read_checkpoint
+
+    def counted(path, *args, **kwargs):
+        reads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "read_checkpoint", counted)
+    monkeypatch.setattr(genlab.train, "read_checkpoint", counted)
+    run(make_cfg(*FAST, "trainer.max_steps=8", f"ckpt_path={part['checkpoints']['last']}", name="res"))
+    assert reads.count(part["checkpoints"]["last"]) == 1  # checked against the config, then served to Lightning

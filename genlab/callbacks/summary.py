@@ -9,8 +9,6 @@ from typing import Any
 from lightning.pytorch.callbacks import ModelSummary as _LightningSummary
 from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
-from genlab.quiet import strip_flops
-
 log = logging.getLogger("lightning.pytorch.callbacks.model_summary")  # printed as Lightning prints it
 
 
@@ -25,4 +23,4 @@ class ModelSummary(_LightningSummary):
         columns = [c for c in summary_data if c[0] != "FLOPs"]
         table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
                                       total_flops, *columns)
-        log.info("\n" + strip_flops(table))
+        log.info("\n" + "\n".join(line for line in table.split("\n") if not line.endswith("Total Flops")))
