@@ -16,13 +16,26 @@ through the schedule, and calls ``loss(nets, batch, group=<name>)``. Families de
 own failure modes (an exploding discriminator or energy) in :meth:`Family.diverged`.
 The training objective is a separate small callable (``objective``, the ``loss`` config
 group) that the family validates in :meth:`Family.check_objective`.
+
+A family keeps no run state: :meth:`Family.build` returns :class:`Nets` (the modules, and the
+:class:`~genlab.data.base.DataInfo` they were built for, ``nets.info``), and everything else per
+run lives in the nets or in returned values (:class:`LogLikelihood` carries its ``extras``).
+
+**Capabilities.** What a family can do beyond the contract is a type it inherits from
+(:class:`Likelihood`, :class:`Encoder`, :class:`Denoiser`, :class:`Inpainter`,
+:class:`SequentialCoder`, :class:`EnergyScorer`), implemented inside the family's own folder.
+Generic code asks ``isinstance(family, Denoiser)`` and calls the method; the lists of families
+that can do a task are computed from the registered families (:func:`registered`), which are
+every imported subclass of :class:`Family` that sets a ``name``.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
@@ -62,17 +75,38 @@ class LossOutput:
     logs: dict[str, Tensor] = field(default_factory=dict)
 
 
+class Nets(nn.ModuleDict):
+    """The networks of one run (a ``ModuleDict``: checkpoint keys are ``<name>.<param>``) and the
+    data they were built for, ``info`` (shapes, levels, kind)."""
+
+    def __init__(self, info: DataInfo, modules: Mapping[str, nn.Module] | None = None) -> None:
+        super().__init__(modules)
+        self.info = info
+
+
+_REGISTRY: dict[str, type[Family]] = {}
+
+
 class Family:
     """Base class of generative families (see module docstring).
 
-    Subclasses set :attr:`name` (stable API) and :attr:`objective_type` (the base class of the
-    objectives they accept), and implement :meth:`build`, :meth:`loss`, :meth:`sample` and,
-    where they have one, :meth:`log_likelihood`.
+    Subclasses set :attr:`name` (stable API; setting it registers the class), :attr:`objective_type`
+    (the base class of the objectives they accept) and :attr:`compare_rank` (their row in the
+    comparison table), and implement :meth:`build`, :meth:`loss`, :meth:`sample` and the
+    capabilities they have. :attr:`why_not` says, per capability they lack, why (shown when a
+    task is refused).
     """
 
     name: str = "base"
     objective_type: type = object
     nll_kind: NLLKind = "none"
+    compare_rank: ClassVar[int] = 1000
+    why_not: ClassVar[dict[type, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            _REGISTRY.setdefault(cls.name, cls)  # a subclass reusing a name does not replace it
 
     def __init__(self, objective: Any = None) -> None:
         self.objective = objective
@@ -89,8 +123,8 @@ class Family:
         return None
 
     # -- contract ----------------------------------------------------------------------
-    def build(self, info: DataInfo) -> nn.ModuleDict:
-        """Networks sized for the data; ``nets`` in every other method."""
+    def build(self, info: DataInfo) -> Nets:
+        """Networks sized for the data, with ``info`` (:class:`Nets`); ``nets`` in every other method."""
         raise NotImplementedError
 
     def param_groups(self, nets: nn.ModuleDict) -> dict[str, list[nn.Parameter] | list[dict[str, Any]]]:
@@ -115,7 +149,9 @@ class Family:
         update), with the fix, or None. Non-finite losses are always caught by the module."""
         return None
 
-    def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
+    def sample(self, nets: nn.ModuleDict, n: int, sampler: Any = None) -> Tensor:
+        """``n`` samples in DATA space; ``sampler``: a sampler object of this family (None: the
+        configured ``model.sampler``)."""
         raise NotImplementedError
 
     def adapt_state(self, nets: nn.ModuleDict, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -126,3 +162,156 @@ class Family:
     def log_likelihood(self, nets: nn.ModuleDict, batch: dict[str, Tensor], **kwargs) -> LogLikelihood | None:
         """Per-example discrete log-likelihood; None for families without one."""
         return None
+
+
+# -- registered families -----------------------------------------------------------------------------
+def registered() -> list[type[Family]]:
+    """Every registered family class, in comparison order (``compare_rank``, then name): the built-in
+    ones (each sub-package of :mod:`genlab.families` is imported) and any other imported subclass."""
+    import genlab.families as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.ispkg:
+            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    return sorted(_REGISTRY.values(), key=lambda c: (c.compare_rank, c.name))
+
+
+def family_names() -> list[str]:
+    """Names of the registered families in comparison order."""
+    return [c.name for c in registered()]
+
+
+def able(capability: type, label: Callable[[type], str] | None = None) -> str:
+    """The registered families with ``capability``, comma-separated, each followed by ``label(cls)``
+    in parentheses where it gives one: the "families that can" line of a task."""
+    out = []
+    for cls in registered():
+        if issubclass(cls, capability):
+            extra = label(cls) if label else ""
+            out.append(f"{cls.name} ({extra})" if extra else cls.name)
+    return ", ".join(out) or "none of the registered families"
+
+
+# -- capabilities ------------------------------------------------------------------------------------
+class Capability:
+    """Base of the capability types. ``missing`` says, for any family without it, why a task that
+    needs it cannot run (a family can say more in its :attr:`Family.why_not`)."""
+
+    missing: ClassVar[str] = "it does not implement this capability"
+
+
+class Likelihood(Capability):
+    """``log P(x)`` of discrete data (:meth:`Family.log_likelihood` returns a
+    :class:`LogLikelihood`, or None where this configuration has none, e.g. an EBM on data too large
+    to normalise). :meth:`summarize_likelihood` turns the epoch's sums of the result's ``extras``
+    into the logged statistics."""
+
+    missing = "it defines no likelihood"
+
+    def summarize_likelihood(self, nets: Nets, n: int, sums: dict[str, float]) -> dict[str, float]:
+        """Logged statistics (``{stage}/<key>``) from the sums over ``n`` evaluated examples of
+        ``nll`` (nats), ``nll_sq`` and every ``extras`` key; by default the mean of each extra."""
+        return {k: v / n for k, v in sums.items() if k not in ("nll", "nll_sq")} if n else {}
+
+
+class Encoder(Capability):
+    """A map from data to a latent code and back. ``latent_paths``: the interpolation paths that are
+    meaningful between codes, the first the default (``linear``; ``slerp`` for Gaussian noise codes);
+    ``encoder_kind``: a few words on how (``posterior mean``, ``ODE inversion``)."""
+
+    missing = "it has no encoder (no map from an image to a latent code)"
+    latent_paths: ClassVar[tuple[str, ...]] = ("linear",)
+    encoder_kind: ClassVar[str] = ""
+
+    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None) -> Tensor:
+        """Discrete ``x`` ``(B, *shape)`` -> codes ``(B, ...)``; ``steps``: the solver/inversion steps
+        where the map is computed by integration (None: the family's default)."""
+        raise NotImplementedError
+
+    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None) -> Tensor:
+        """Codes -> images in LEVEL units ``(B, *shape)`` (float where the decoder gives a mean,
+        e.g. the VAE's; integer levels otherwise); the task rounds."""
+        raise NotImplementedError
+
+
+class Denoiser(Capability):
+    """Denoise from a noise level: ``y = x + sigma * eps`` in the family's ``[-1, 1]`` model scale
+    is treated as a point of its noising process at the matching level, and the generative process
+    is run from there. ``denoise_methods``: the methods, the first the default."""
+
+    missing = ("denoising starts the model's generative process at the noise level of the input, which needs a "
+               "model of a Gaussian noising path (a diffusion chain or a flow-matching probability path)")
+    denoise_methods: ClassVar[tuple[str, ...]] = ()
+
+    def noise_space(self, nets: Nets, x: Tensor) -> Tensor:
+        """Discrete ``x`` -> the model scale in which ``sigma`` is defined."""
+        raise NotImplementedError
+
+    def to_unit(self, nets: Nets, y: Tensor) -> Tensor:
+        """Model-scale values -> the ``[0, 1]`` level scale (level ``v`` at ``v / (L - 1)``)."""
+        raise NotImplementedError
+
+    def denoise_plan(self, nets: Nets, sigma: float, steps: int | None) -> dict[str, Any]:
+        """Where the process starts for noise ``sigma`` and how many steps it takes (reported)."""
+        raise NotImplementedError
+
+    def describe_plan(self, plan: dict[str, Any], method: str) -> str:
+        """One phrase for reports: where it starts and how it runs."""
+        raise NotImplementedError
+
+    def denoise(self, nets: Nets, y: Tensor, plan: dict[str, Any], method: str) -> Tensor:
+        """Noisy ``y`` (model scale) -> denoised, model scale."""
+        raise NotImplementedError
+
+    def to_data(self, nets: Nets, y: Tensor) -> Tensor:
+        """Model scale -> discrete levels."""
+        raise NotImplementedError
+
+
+class Inpainter(Capability):
+    """Fill the missing pixels of ``x`` given the observed ones. ``inpaint_method``: its name for
+    reports (and the ``--help`` line)."""
+
+    missing = "it has no method to fill missing pixels given the observed ones"
+    inpaint_method: ClassVar[str] = ""
+
+    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: Any) -> Tensor:
+        """``x`` ``(B, C, H, W)`` discrete and ``missing`` (bool, same shape) -> filled, discrete; the
+        observed pixels may come back changed (the task puts them back). ``options``: the task's
+        config (``steps``, ``resample``, ``jump``, ``iters``)."""
+        raise NotImplementedError
+
+    def inpaint_is_exact(self, nets: Nets, missing: Tensor) -> bool | None:
+        """Whether the fill is an exact draw from ``P(x_missing | x_observed)`` for this mask; None
+        where the method is approximate by design."""
+        return None
+
+
+class SequentialCoder(Capability):
+    """Exact per-symbol conditionals ``P(x_d | x_<d)`` in a fixed order: what lossless compression
+    with an entropy coder needs."""
+
+    missing = ("rANS coding needs the model's exact conditionals P(x_d | x_<d) in a fixed order; latent-variable "
+               "models would need bits-back coding, which is not implemented")
+
+    def coding_order(self, nets: Nets) -> Tensor:
+        """Flat positions in the order they are coded, ``(D,)``."""
+        raise NotImplementedError
+
+    def start_coding(self, nets: Nets, x: Tensor) -> Any:
+        """The incremental state for coding the batch ``x`` (zeros where not yet decoded)."""
+        raise NotImplementedError
+
+    def next_log_probs(self, nets: Nets, x: Tensor, step: int, state: Any) -> Tensor:
+        """``log P(x_d = v | x_<d)`` for the ``step``-th position of the order: ``(B, L)``."""
+        raise NotImplementedError
+
+
+class EnergyScorer(Capability):
+    """An energy ``E(x)`` (unnormalised ``-log p``) of discrete data."""
+
+    missing = "it defines no energy"
+
+    def score_energy(self, nets: Nets, x: Tensor) -> Tensor:
+        """Discrete ``x`` -> ``E`` per example ``(B,)``, higher = less likely."""
+        raise NotImplementedError

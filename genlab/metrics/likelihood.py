@@ -26,7 +26,7 @@ Each figure carries a kind (:data:`NLL_KINDS`):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -39,10 +39,14 @@ LN2 = math.log(2.0)
 
 @dataclass
 class LogLikelihood:
-    """Per-example discrete log-likelihoods in nats, shape ``(B,)``, with their kind."""
+    """Per-example discrete log-likelihoods in nats, shape ``(B,)``, with their kind, and ``extras``:
+    per-example statistics ``(B,)`` of the computation (a Monte Carlo variance, function evaluations)
+    that the generic module sums over an evaluation epoch and the family summarises
+    (:meth:`genlab.families.base.Likelihood.summarize_likelihood`)."""
 
     log_px: Tensor
     kind: NLLKind
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in NLL_KINDS:

@@ -33,6 +33,7 @@ class Autoregressive(Family):
     """
 
     name = "autoregressive"
+    compare_rank = 10
     objective_type = DiscreteObservation
     nll_kind = "exact"
 

@@ -135,6 +135,7 @@ class Diffusion(Family):
     """
 
     name = "diffusion"
+    compare_rank = 40
     objective_type = DiffusionObjective
     nll_kind = "bound"
 

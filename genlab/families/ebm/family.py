@@ -77,6 +77,7 @@ class EBM(Family):
     """
 
     name = "ebm"
+    compare_rank = 70
     objective_type = EBMObjective
 
     def __init__(

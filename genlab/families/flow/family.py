@@ -71,6 +71,7 @@ class Flow(Family):
     """
 
     name = "flow"
+    compare_rank = 30
     objective_type = Dequantization
     nll_kind = "bound"
     eval_chunk = 4096  # most examples x draws evaluated in one batch by log_likelihood

@@ -58,6 +58,7 @@ class FlowMatching(Family):
     """
 
     name = "flow_matching"
+    compare_rank = 50
     objective_type = ConditionalFlowMatching
     nll_kind = "bound"
 

@@ -116,6 +116,7 @@ class GAN(Family):
     """
 
     name = "gan"
+    compare_rank = 60
     objective_type = GANObjective
     nll_kind = "none"
 

@@ -64,6 +64,7 @@ class VAE(Family):
     """
 
     name = "vae"
+    compare_rank = 20
     objective_type = VAEObjective
 
     def __init__(
