@@ -163,8 +163,8 @@ def wandb_identity(cfg: DictConfig, lg: DictConfig, module: Any) -> dict[str, An
     """W&B group (the sweep, unless set) and tags (family, model, dataset, plus configured ones)."""
     chosen = choices(cfg)
     tags = list(lg.get("tags") or [])
-    tags += [t for t in (getattr(getattr(module, "family", None), "name", None), chosen.get("model"),
-                         chosen.get("dataset")) if t and t != "?" and t not in tags]
+    tags += [t for t in (module.family.name, chosen.get("model"), chosen.get("dataset"))
+             if t and t != "?" and t not in tags]
     return {"group": lg.get("group") or sweep_group(), "tags": tags}
 
 

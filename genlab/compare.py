@@ -29,10 +29,11 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid
 
+from genlab.families.base import family_names
+
 COLUMNS = ["family", "model", "loss", "params", "nll_bpd", "nll_kind", "fd", "kid", "precision", "recall", "confident",
            "samples_per_s", "train_s"]
 SAMPLE_COLUMNS = ("mode_coverage", "high_quality")  # results.json sample_metrics shown when present
-FAMILY_ORDER = ["autoregressive", "vae", "flow", "diffusion", "flow_matching", "gan", "ebm"]
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -45,7 +46,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     if not runs:
         raise FileNotFoundError(f"no results.json under {sweep_dir}: pass the directory of a finished sweep "
                                 "(e.g. logs/sweeps/compare/<date>/<time>)")
-    order = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    order = {f: i for i, f in enumerate(family_names())}  # the registered families' compare_rank
     return sorted(runs, key=lambda r: (order.get(r.get("family"), len(order)), r.get("model") or ""))
 
 

@@ -12,6 +12,7 @@ validation split). Writes ``quality.json`` in the run directory.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -60,11 +61,16 @@ def summary_cells(q: dict[str, Any]) -> str:
 
 
 def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = None, seed: int = 0,
-             cache_dir: str | Path | None = None, floor: dict[str, Any] | None = None) -> dict[str, Any]:
+             cache_dir: str | Path | None = None, floor: dict[str, Any] | None = None,
+             overrides: list[str] | None = None) -> dict[str, Any]:
     """Quality metrics of a run's samples and the real-data floor (see module docstring); pass
-    ``floor`` when it is already known for this dataset and ``n`` (a sweep computes it once)."""
+    ``floor`` when it is already known for this dataset and ``n`` (a sweep computes it once).
+    ``overrides`` (``key=value``, e.g. ``model.sampler.steps=20``) change sampling settings: the
+    result then goes to ``quality_<hash of the overrides>.json`` with the overrides in it, and the
+    default ``quality.json`` is left as it is."""
     ckpt, run_dir = find_checkpoint(source)
-    module, dm = load_run(str(ckpt))
+    overrides = list(overrides or [])
+    module, dm = load_run(str(ckpt), overrides=overrides)
     clf, meta = run_classifier(module, dm, cache_dir)
     t0 = time.perf_counter()
     if samples is not None:
@@ -80,9 +86,20 @@ def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = Non
         "samples": quality_metrics(clf, ref, x.to(ref.dtype)),
         "floor": floor if floor is not None else real_floor(clf, dm, n),
         "inception": inception_metrics(ref, x.to(ref.dtype), dm.info.levels),
+        "overrides": overrides,
     }
-    (run_dir / "quality.json").write_text(json.dumps(out, indent=2))
+    path = quality_path(run_dir, overrides)
+    path.write_text(json.dumps(out, indent=2))
+    out["path"] = str(path)
     return out
+
+
+def quality_path(run_dir: Path, overrides: list[str]) -> Path:
+    """``quality.json``, or ``quality_<8 hex of the overrides>.json`` for evaluation overrides."""
+    if not overrides:
+        return run_dir / "quality.json"
+    digest = hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
+    return run_dir / f"quality_{digest}.json"
 
 
 def table(out: dict[str, Any]) -> str:
@@ -104,14 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", help="score this saved uint8 tensor (.pt) instead of sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", help="where feature classifiers are cached (default <data_dir>/genlab_classifiers)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="sampling settings for this evaluation, e.g. model.sampler.steps=20 (the model's "
+                        "architecture cannot change); the result goes to quality_<hash>.json")
     a = p.parse_args(argv)
+    if bad := [o for o in a.overrides if "=" not in o]:
+        print(f"error: overrides must be key=value, got {bad} (e.g. model.sampler.steps=20)", file=sys.stderr)
+        return 2
     try:
-        out = evaluate(a.source, a.n, a.samples, a.seed, a.cache_dir)
+        out = evaluate(a.source, a.n, a.samples, a.seed, a.cache_dir, overrides=a.overrides)
     except (FileNotFoundError, ValueError, CheckpointError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table(out))
-    print(f"quality: {Path(out['run']) / 'quality.json'}")
+    print(f"quality: {out['path']}")
     return 0
 
 

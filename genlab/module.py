@@ -16,7 +16,7 @@ from torchmetrics import MeanMetric
 
 from genlab import interrupt
 from genlab.data.base import DataInfo
-from genlab.families.base import Family, LossOutput
+from genlab.families.base import Family, Likelihood, LossOutput
 from genlab.metrics.likelihood import nats_to_bpd
 
 
@@ -66,6 +66,7 @@ class GenerativeModule(L.LightningModule):
         self.seed, self.run_config = seed, run_config
         self.nll = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
         self.nll_kind: dict[str, str] = {}
+        self._sums: dict[str, dict[str, Tensor]] = {"val": {}, "test": {}}  # per-example statistics, summed
         self.history: list[dict[str, float]] = []  # per validation epoch: step, seconds, nll_bpd
         self._clock: float | None = None  # time.perf_counter() at fit start, minus time trained before a resume
         self._val_aborted = False  # a stop request arrived during this validation
@@ -164,6 +165,8 @@ class GenerativeModule(L.LightningModule):
         if stage == "val" and (self._val_aborted or interrupt.requested() is not None):
             self._val_aborted = True
             return
+        if not isinstance(self.family, Likelihood):
+            return
         self._reseed(10**9 + batch_idx)
         # likelihoods in full precision whatever trainer.precision trains in (bf16-mixed autocasts
         # the steps): a bound or an exact NLL must not depend on the training speed-up
@@ -179,11 +182,34 @@ class GenerativeModule(L.LightningModule):
             return
         self.nll[stage].update(-ll.log_px.double())
         self.nll_kind[stage] = ll.kind
+        self._accumulate(stage, ll)
+
+    def _accumulate(self, stage: str, ll: Any) -> None:
+        """Sum ``nll``, ``nll_sq`` and every per-example extra of the result in float64."""
+        nll = -ll.log_px.detach().double()
+        terms = {"nll": nll, "nll_sq": nll * nll, **{k: v.detach().double() for k, v in ll.extras.items()}}
+        sums = self._sums[stage]
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value.sum()
+        sums["n"] = sums.get("n", 0.0) + torch.tensor(float(nll.numel()), dtype=torch.float64, device=nll.device)
+
+    def _log_statistics(self, stage: str) -> None:
+        """The family's summary of the epoch's sums (reduced over DDP ranks), as ``{stage}/<key>``."""
+        sums, self._sums[stage] = self._sums[stage], {}
+        if not sums or not isinstance(self.family, Likelihood):
+            return
+        keys = sorted(sums)
+        total = self.trainer.strategy.reduce(torch.stack([sums[k] for k in keys]), reduce_op="sum")
+        reduced = {k: float(v) for k, v in zip(keys, total)}
+        n = int(reduced.pop("n"))
+        for key, value in self.family.summarize_likelihood(self.nets, n, reduced).items():
+            self.log(f"{stage}/{key}", float(value), sync_dist=False)
 
     def _eval_epoch_end(self, stage: str) -> None:
         if stage == "val" and self._val_aborted:  # nothing is recorded that was not computed in full
             self._val_aborted = False
             self.nll[stage].reset()
+            self._sums[stage] = {}
             return
         if stage == "val" and not self.trainer.sanity_checking:
             self.history.append({"epoch": self.current_epoch, "step": self.global_step, "seconds": self.elapsed()})
@@ -194,6 +220,7 @@ class GenerativeModule(L.LightningModule):
         bpd = nats_to_bpd(nats, self.info.dims).float()
         self.log(f"{stage}/nll_nats", nats.float(), sync_dist=False)
         self.log(f"{stage}/nll_bpd", bpd, prog_bar=True, sync_dist=False)
+        self._log_statistics(stage)
         if stage == "val" and not self.trainer.sanity_checking:
             self.history[-1]["nll_bpd"] = bpd.item()
 

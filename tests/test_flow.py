@@ -123,7 +123,7 @@ def _train_flow(flow, nets, steps=10, seed=0):
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(nets.parameters(), lr=0.02)
     for _ in range(steps):
-        x = torch.randint(0, flow.info.levels, (32, *flow.info.shape), generator=g).to(torch.uint8)
+        x = torch.randint(0, nets.info.levels, (32, *nets.info.shape), generator=g).to(torch.uint8)
         opt.zero_grad()
         flow.loss(nets, {"x": x}).loss.backward()
         opt.step()
@@ -150,7 +150,7 @@ def test_multiscale_flow_inverts_and_its_logdet_matches_autograd(arch):
 
 def test_odd_sizes_after_squeezing_work_and_unsqueezable_shapes_are_refused():
     flow, nets = _flow(DataInfo("mnist", "image", (1, 28, 28), 256), num_scales=2, steps_per_scale=1)
-    assert flow.check_data(flow.info) is None
+    assert flow.check_data(nets.info) is None
     assert nets["flow"].latent_shapes == [(2, 14, 14), (8, 7, 7)]
     y = torch.rand(2, 1, 28, 28)
     assert (flow.decode(nets, flow.encode(nets, y)[0]) - y).abs().max() <= 1e-5

@@ -12,7 +12,8 @@ import torch
 from genlab.tasks import rans
 from genlab.tasks.base import TaskError, load_context
 from genlab.tasks.cli import main
-from genlab.tasks.compress import Config, Header, decode_file, level_log_probs
+from genlab.families.autoregressive.family import level_log_probs
+from genlab.tasks.compress import Config, Header, decode_file
 
 FAST = ["callbacks.samples.every_n_epochs=1000", "trainer.limit_val_batches=2"]
 

@@ -15,7 +15,8 @@ from genlab.families.autoregressive import Autoregressive
 from genlab.nets.ar import ARNet
 from genlab.tasks.base import stream_seed
 from genlab.tasks.cli import main
-from genlab.tasks.inpaint import fill_autoregressive, order_is_exact, repaint_schedule
+from genlab.families.autoregressive.family import order_is_exact
+from genlab.tasks.inpaint import repaint_schedule
 from genlab.tasks.masks import make_mask
 
 DIGITS = ["dataset=digits", "trainer.max_steps=-1", "trainer.check_val_every_n_epoch=${trainer.max_epochs}",
@@ -104,7 +105,7 @@ def test_autoregressive_fill_draws_the_exact_conditional_when_missing_pixels_com
     bottom = torch.zeros_like(x, dtype=torch.bool)
     bottom[:, :, 1] = True
     assert order_is_exact(nets["net"].order(), bottom)
-    out = fill_autoregressive(fam, nets, x, bottom)
+    out = fam.inpaint(nets, x, bottom)
     assert torch.equal(out[:, :, 0], x[:, :, 0])
     for a, rows in ((0, slice(0, n // 2)), (2, slice(n // 2, n))):
         freq = torch.bincount(out[rows, 0, 1, 0].long(), minlength=3).double() / (n // 2)
@@ -113,7 +114,7 @@ def test_autoregressive_fill_draws_the_exact_conditional_when_missing_pixels_com
     # top missing, bottom observed: later observed pixels are ignored, so P(a), not P(a | b)
     top = ~bottom
     assert not order_is_exact(nets["net"].order(), top)
-    out = fill_autoregressive(fam, nets, torch.zeros_like(x), top)  # observed b = 0
+    out = fam.inpaint(nets, torch.zeros_like(x), top)  # observed b = 0
     freq = torch.bincount(out[:, 0, 0, 0].long(), minlength=3).double() / n
     marginal, conditional = joint.sum(1).double(), (joint[:, 0] / joint[:, 0].sum()).double()
     assert (freq - marginal).abs().max() < 0.015 and (freq - conditional).abs().max() > 0.2

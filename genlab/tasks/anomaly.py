@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from genlab.families.base import EnergyScorer, Likelihood
 from genlab.tasks.base import TaskConfig, TaskContext, TaskError, Unsupported, batches, stream_seed, write_report
+from genlab.tasks.registry import TASKS
 
-SUPPORTED = ("autoregressive, vae, flow, diffusion, flow_matching (their likelihood); ebm (its energy, "
-             "or the exact likelihood on enumerable grids)")
 TRANSFORMS = {"image": ("noise", "inverted", "rotated", "flipped"), "points": ("noise",),
               "text": ("noise", "shuffled")}
 
@@ -101,7 +101,7 @@ def scorer(ctx: TaskContext) -> tuple[str, callable, list[str]]:
     family, nets, dims = ctx.family, ctx.nets, ctx.info.dims
     probe = ctx.real("test", 2)[0]
     kinds: list[str] = []
-    if family.log_likelihood(nets, {"x": probe}, stage="test") is not None:
+    if isinstance(family, Likelihood) and family.log_likelihood(nets, {"x": probe}, stage="test") is not None:
 
         def nll(x: Tensor) -> Tensor:
             ll = family.log_likelihood(nets, {"x": x}, stage="test")
@@ -109,13 +109,14 @@ def scorer(ctx: TaskContext) -> tuple[str, callable, list[str]]:
             return -ll.log_px.double().cpu() / (dims * math.log(2))
 
         return "likelihood", nll, kinds
-    if hasattr(family, "energy") and hasattr(family, "embed"):
+    if isinstance(family, EnergyScorer):
         def energy(x: Tensor) -> Tensor:
             with torch.no_grad():
-                return family.energy(nets, family.embed(x)).double().cpu()
+                return family.score_energy(nets, x).double().cpu()
 
         return "energy", energy, kinds
-    raise Unsupported("anomaly", family.name, "it defines no likelihood (nll_kind none) and no energy", SUPPORTED)
+    raise Unsupported("anomaly", family.name, "it defines no likelihood (nll_kind none) and no energy",
+                      TASKS["anomaly"].families)
 
 
 def roc(scores_in: Tensor, scores_out: Tensor) -> tuple[float, Tensor, Tensor]:

@@ -29,6 +29,15 @@ class Unsupported(TaskError):
         super().__init__(f"task '{task}' is not available for the {family} family: {why}. "
                          f"It works with: {supported}.")
 
+    @classmethod
+    def lacking(cls, task: str, family: Any, capability: type) -> Unsupported:
+        """``family`` does not have ``capability``: its own reason (:attr:`Family.why_not`) or the
+        capability's, and the registered families that have it (as ``genlab-task --help`` lists them)."""
+        from genlab.tasks.registry import TASKS
+
+        why = type(family).why_not.get(capability, capability.missing)
+        return cls(task, family.name, why, TASKS[task].families)
+
 
 @dataclass
 class TaskConfig:

@@ -52,15 +52,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from genlab.distributions import DiscreteObservation
-from genlab.families.autoregressive import Autoregressive
-from genlab.nets.ar import ARNet
+from genlab.families.base import Nets, SequentialCoder
 from genlab.tasks import rans
 from genlab.tasks.base import TaskConfig, TaskContext, TaskError, Unsupported, batches, write_report
 
 MAGIC, VERSION = b"GLRC", 1
 DTYPES = (torch.uint8, torch.int16, torch.int32, torch.int64)  # header code = index
-SUPPORTED = "autoregressive (bits-back coding for vae/flow/diffusion latents is not implemented)"
 
 
 @dataclass
@@ -151,14 +148,6 @@ def fingerprint(nets: nn.Module) -> bytes:
 
 
 # -- the coding loop shared by encoder and decoder ------------------------------------------------
-def level_log_probs(objective: DiscreteObservation, params: Tensor, levels: int) -> Tensor:
-    """``log P(x = l)`` for every level ``l``, ``(B, L)``, from one position's ``params (B, P)``:
-    ``log_prob_per_dim`` with the parameters repeated over ``L`` pseudo-dimensions (any model)."""
-    b, p = params.shape
-    grid = torch.arange(levels, device=params.device).expand(b, levels)
-    return objective.log_prob_per_dim(params.unsqueeze(-1).expand(b, p, levels), grid, levels)
-
-
 @contextmanager
 def deterministic_kernels() -> Iterator[None]:
     """cuDNN in deterministic mode (no autotuned algorithm choice) while coding."""
@@ -174,24 +163,22 @@ Pick = Callable[[int, int, np.ndarray], np.ndarray]  # (step, position, cum (B, 
 
 
 @torch.no_grad()
-def _chain(family: Autoregressive, nets: nn.ModuleDict, b: int, dtype: torch.dtype, prob_bits: int,
+def _chain(family: SequentialCoder, nets: Nets, b: int, dtype: torch.dtype, prob_bits: int,
            pick: Pick) -> Tensor:
-    """Fill ``b`` examples from zeros, one dimension at a time in ``net.order()``; at each step the
+    """Fill ``b`` examples from zeros, one dimension at a time in the coding order; at each step the
     cumulative frequency tables ``(B, L+1)`` go to ``pick``, whose symbols are written in."""
-    net: ARNet = nets["net"]
-    levels = family.info.levels
-    device = next(net.parameters()).device
-    x = torch.zeros(b, *family.info.shape, dtype=dtype, device=device)
+    device = next(nets.parameters()).device
+    x = torch.zeros(b, *nets.info.shape, dtype=dtype, device=device)
     flat = x.view(b, -1)
-    state = net.init_state(x)
-    for step, pos in enumerate(net.order().tolist()):
-        logp = level_log_probs(family.objective, net.next_params(x, step, state), levels)  # (B, L)
+    state = family.start_coding(nets, x)
+    for step, pos in enumerate(family.coding_order(nets).tolist()):
+        logp = family.next_log_probs(nets, x, step, state)  # (B, L)
         cum = rans.cumulative(rans.quantize(logp.double().cpu().numpy(), prob_bits))  # (B, L+1)
         flat[:, pos] = torch.from_numpy(pick(step, pos, cum)).to(device=device, dtype=dtype)
     return x
 
 
-def encode_chunk(family: Autoregressive, nets: nn.ModuleDict, x: Tensor, prob_bits: int) -> bytes:
+def encode_chunk(family: SequentialCoder, nets: nn.ModuleDict, x: Tensor, prob_bits: int) -> bytes:
     """One rANS stream for the examples ``x (B, *shape)``, symbols position-major, example-minor."""
     b = len(x)
     truth = x.reshape(b, -1).long().cpu().numpy()  # (B, D)
@@ -211,7 +198,7 @@ def encode_chunk(family: Autoregressive, nets: nn.ModuleDict, x: Tensor, prob_bi
     return enc.finish()
 
 
-def decode_chunk(family: Autoregressive, nets: nn.ModuleDict, data: bytes, b: int, dtype: torch.dtype,
+def decode_chunk(family: SequentialCoder, nets: nn.ModuleDict, data: bytes, b: int, dtype: torch.dtype,
                  prob_bits: int) -> Tensor:
     """The ``b`` examples of one stream (:func:`encode_chunk`'s inverse)."""
     dec = rans.RansDecoder(data, prob_bits)
@@ -231,10 +218,10 @@ def decode_chunk(family: Autoregressive, nets: nn.ModuleDict, data: bytes, b: in
 
 
 # -- files -------------------------------------------------------------------------------------
-def encode_file(path: Path, family: Autoregressive, nets: nn.ModuleDict, x: Tensor, batch_size: int,
+def encode_file(path: Path, family: SequentialCoder, nets: nn.ModuleDict, x: Tensor, batch_size: int,
                 prob_bits: int) -> Header:
     """Write ``x (N, *shape)`` (discrete, values in ``[0, levels)``) to ``path``; returns its header."""
-    info = family.info
+    info = nets.info
     if tuple(x.shape[1:]) != tuple(info.shape) or x.dtype not in DTYPES:
         raise TaskError(f"examples of shape {tuple(x.shape[1:])} ({x.dtype}) do not match the model's "
                         f"{tuple(info.shape)} (integer data)")
@@ -248,11 +235,11 @@ def encode_file(path: Path, family: Autoregressive, nets: nn.ModuleDict, x: Tens
     return header
 
 
-def decode_file(path: Path, family: Autoregressive, nets: nn.ModuleDict) -> Tensor:
+def decode_file(path: Path, family: SequentialCoder, nets: nn.ModuleDict) -> Tensor:
     """Read a file of :func:`encode_file` back, ``(N, *shape)`` in the stored dtype."""
     data = Path(path).read_bytes()
     header, off = Header.unpack(data)
-    info = family.info
+    info = nets.info
     if header.fingerprint != fingerprint(nets) or header.shape != tuple(info.shape) or header.levels != info.levels:
         raise TaskError(f"{path} was encoded with another model (weights fingerprint, shape or levels differ). "
                         f"Fix: decode with the checkpoint that encoded it")
@@ -270,7 +257,7 @@ def decode_file(path: Path, family: Autoregressive, nets: nn.ModuleDict) -> Tens
 
 # -- measurements --------------------------------------------------------------------------------
 @torch.no_grad()
-def nll_bits(family: Autoregressive, nets: nn.ModuleDict, x: Tensor, batch_size: int) -> float:
+def nll_bits(family: SequentialCoder, nets: nn.ModuleDict, x: Tensor, batch_size: int) -> float:
     """``-sum log2 P(x)`` over the examples (teacher-forced, exact)."""
     nats = sum(-family.log_likelihood(nets, {"x": xb}).log_px.double().sum().item() for xb in batches(x, batch_size))
     return nats / math.log(2)
@@ -305,10 +292,8 @@ def baseline_bytes(x: np.ndarray, kind: str, levels: int) -> dict[str, int]:
 # -- the task -------------------------------------------------------------------------------------
 def run(ctx: TaskContext, cfg: Config) -> dict[str, Any]:
     family, nets, info = ctx.family, ctx.nets, ctx.info
-    if not isinstance(family, Autoregressive):
-        raise Unsupported("compress", family.name, "rANS coding needs the model's exact conditionals "
-                          "P(x_d | x_<d) in a fixed order; latent-variable models would need bits-back coding, "
-                          "which is not implemented", SUPPORTED)
+    if not isinstance(family, SequentialCoder):
+        raise Unsupported.lacking("compress", family, SequentialCoder)
     if info.levels > 1 << cfg.prob_bits or not 1 <= cfg.prob_bits <= rans.MAX_PROB_BITS:
         raise TaskError(f"prob_bits={cfg.prob_bits} cannot code {info.levels} levels; use "
                         f"{max(1, math.ceil(math.log2(info.levels)))} <= prob_bits <= {rans.MAX_PROB_BITS}")

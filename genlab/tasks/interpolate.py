@@ -1,22 +1,13 @@
 """Latent exploration: interpolate between pairs of real images in a model's latent space.
 
-Each family maps an image to a latent code and back:
-
-* ``vae``: the posterior mean ``mu(x)``; decoded by the decoder mean (not exact: a reconstruction);
-* ``flow``: the exact bijection ``z = f(y)`` at the bin centres ``y = (x + 1/2) / L``; decoding
-  reproduces the endpoints exactly (up to float error);
-* ``flow_matching``: ODE inversion — integrate the learned velocity backwards from the data
-  (``t = 1``, bin centres) to the noise (``t = 0``), and forwards again to decode;
-* ``diffusion``: DDIM inversion (Song et al. 2021, Sec. 4.3 / Dhariwal & Nichol 2021, App. F):
-  the deterministic (``eta = 0``) DDIM update run from ``t = 0`` up to ``T``, then DDIM sampling
-  from the interpolated codes.
-
-Between the two codes: ``path=linear`` (straight line) or ``slerp`` (spherical, Shoemake 1985:
-keeps the norm of Gaussian codes typical, the usual choice for noise latents); ``auto`` uses
-linear for vae/flow and slerp for the noise codes of flow_matching and diffusion. Endpoint
-reconstruction error is reported: how faithful the code is. Writes ``interpolate.png`` (one row per
-pair: the real image a, the decoded path from a to b, the real image b), ``interpolate.pt``
-(the decoded paths) and ``interpolate.json`` / ``.md``.
+Every family that is an :class:`~genlab.families.base.Encoder` maps an image to a latent code and
+back (each documents how: a VAE's posterior mean, a flow's exact bijection, ODE inversion of a
+flow-matching velocity, DDIM inversion of a diffusion chain). Between the two codes:
+``path=linear`` (straight line) or ``slerp`` (spherical, Shoemake 1985: keeps the norm of Gaussian
+codes typical, the usual choice for noise latents); ``auto`` takes the family's default (its first
+``latent_paths``). Endpoint reconstruction error is reported: how faithful the code is. Writes
+``interpolate.png`` (one row per pair: the real image a, the decoded path from a to b, the real
+image b), ``interpolate.pt`` (the decoded paths) and ``interpolate.json`` / ``.md``.
 """
 
 from __future__ import annotations
@@ -26,18 +17,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from genlab.families.base import Encoder
 from genlab.tasks.base import TaskConfig, TaskContext, TaskError, Unsupported, require_images, save_rows, write_report
-
-SUPPORTED = "vae, flow, flow_matching (ODE inversion), diffusion (DDIM inversion)"
-
+from genlab.tasks.registry import TASKS
 
 @dataclass
 class Config(TaskConfig):
     """pairs: image pairs (the first 2*pairs examples of split: a = 0..pairs-1, b = pairs..2*pairs-1).
     steps: images along each path, endpoints included.
     path: auto, linear or slerp.
-    inversion_steps: DDIM steps (diffusion) / ODE steps of the fixed-step solver (flow matching;
-    null = the model's sampling solver).
+    inversion_steps: steps of an encoder computed by integration (DDIM inversion steps; ODE steps of a
+    fixed-step solver; null = the model's sampling solver); ignored by closed-form encoders.
     """
 
     pairs: int = 4
@@ -73,83 +63,28 @@ def _between(a: Tensor, b: Tensor, steps: int, path: str) -> Tensor:
     return lerp(a, b, t) if path == "linear" else slerp(a, b, t)
 
 
-# -- flow matching: ODE inversion ---------------------------------------------------------------
-def _fm_solver(family, steps: int | None):
-    from genlab.families.flow_matching.ode import ODESolver
-
-    s = family.solver
-    return s if steps is None or s.adaptive else ODESolver(s.method, steps, s.rtol, s.atol)
-
-
-@torch.no_grad()
-def fm_encode(family, nets, x: Tensor, steps: int | None) -> Tensor:
-    """Data -> noise code: the velocity ODE from ``t = 1`` back to ``t = 0``, from the bin centres."""
-    from genlab.families.flow_matching.ode import CountedVelocity
-
-    p = next(nets.parameters())
-    y1 = 2.0 * (family.check_discrete(x).to(p.dtype) + 0.5) / family.info.levels - 1.0
-    return _fm_solver(family, steps).integrate(CountedVelocity(nets["velocity"]), y1, 1.0, 0.0)
-
-
-@torch.no_grad()
-def fm_decode(family, nets, z: Tensor, steps: int | None) -> Tensor:
-    from genlab.families.flow_matching.ode import CountedVelocity
-
-    return family.to_data(_fm_solver(family, steps).integrate(CountedVelocity(nets["velocity"]), z, 0.0, 1.0))
-
-
-# -- diffusion: DDIM inversion ------------------------------------------------------------------
-@torch.no_grad()
-def ddim_encode(family, nets, x: Tensor, steps: int | None) -> Tensor:
-    """Data -> ``x_T`` by the deterministic DDIM update run forwards on ``steps`` respaced steps:
-    ``x_{k+1} = sqrt(ab_{k+1}) x0_hat(x_k, k) + sqrt(1 - ab_{k+1}) eps_hat(x_k, k)``, from ``x_0``."""
-    process = family.process.respace(min(steps or family.process.T, family.process.T))
-    p = next(nets.parameters())
-    y = family.scale(family.check_discrete(x), p.dtype)
-    for k in range(process.T - 1):
-        t = torch.full((y.shape[0],), k, device=y.device, dtype=torch.long)
-        rev = family.reverse(nets, process, y, t, clip=False)
-        t_next = t + 1
-        y = process.at("sqrt_ab", t_next, y) * rev.x0 + process.at("sqrt_1m_ab", t_next, y) * rev.eps
-    return y
-
-
-@torch.no_grad()
-def ddim_decode(family, nets, z: Tensor, steps: int | None) -> Tensor:
-    from genlab.families.diffusion.samplers import DDIM
-
-    return family.sample(nets, len(z), sampler=DDIM(steps=steps, eta=0.0), x_T=z)
-
-
 # -- the task -----------------------------------------------------------------------------------
 def paths(ctx: TaskContext, x_a: Tensor, x_b: Tensor, cfg: Config) -> tuple[Tensor, Tensor, str]:
     """``(decoded paths (B, S, *shape) in levels, endpoint reconstructions (2B, *shape), path)``."""
-    family, nets, name = ctx.family, ctx.nets, ctx.family.name
+    family, nets = ctx.family, ctx.nets
     if cfg.path not in ("auto", "linear", "slerp"):
         raise TaskError(f"path={cfg.path!r}: choose auto, linear or slerp")
-    if name in ("vae", "flow"):
-        path = "linear" if cfg.path == "auto" else cfg.path
-        if path != "linear":
-            raise TaskError(f"path={path} is not available for {name} (its interpolate is linear); use path=linear")
-        out = family.interpolate(nets, x_a, x_b, cfg.steps).round()
-        ends = torch.cat([out[:, 0], out[:, -1]])
-        return out, ends, path
-    if name == "flow_matching":
-        encode, decode = fm_encode, fm_decode
-    elif name == "diffusion":
-        encode, decode = ddim_encode, ddim_decode
-    else:
-        raise Unsupported("interpolate", name, "it has no encoder (no map from an image to a latent code)", SUPPORTED)
-    path = "slerp" if cfg.path == "auto" else cfg.path
-    z = encode(family, nets, torch.cat([x_a, x_b]), cfg.inversion_steps)
+    if not isinstance(family, Encoder):
+        raise Unsupported.lacking("interpolate", family, Encoder)
+    path = family.latent_paths[0] if cfg.path == "auto" else cfg.path
+    if path not in family.latent_paths:
+        raise TaskError(f"path={path} is not available for {family.name} (its interpolate is "
+                        f"{' or '.join(family.latent_paths)}); use path={family.latent_paths[0]}")
+    z = family.to_latent(nets, torch.cat([x_a, x_b]), cfg.inversion_steps)
     za, zb = z[: len(x_a)], z[len(x_a):]
     zs = _between(za, zb, cfg.steps, path)  # (B, S, ...)
-    out = decode(family, nets, zs.flatten(0, 1), cfg.inversion_steps).view(len(x_a), cfg.steps, *ctx.info.shape)
-    return out.float(), torch.cat([out[:, 0], out[:, -1]]).float(), path
+    out = family.from_latent(nets, zs.flatten(0, 1), cfg.inversion_steps).float().round()
+    out = out.view(len(x_a), cfg.steps, *ctx.info.shape)
+    return out, torch.cat([out[:, 0], out[:, -1]]), path
 
 
 def run(ctx: TaskContext, cfg: Config) -> dict:
-    require_images("interpolate", ctx, SUPPORTED)
+    require_images("interpolate", ctx, TASKS["interpolate"].families)
     if cfg.steps < 2 or cfg.pairs < 1:
         raise TaskError(f"need steps >= 2 and pairs >= 1, got steps={cfg.steps}, pairs={cfg.pairs}")
     x, _ = ctx.real(cfg.split, 2 * cfg.pairs)

@@ -1,23 +1,48 @@
-"""The task list: name, one-line summary, the families that can do it, and where it lives.
+"""The task list: name, one-line summary, the capabilities it needs, and where it lives.
 
 Each task module defines ``Config`` (a dataclass deriving :class:`genlab.tasks.base.TaskConfig`,
 its docstring documents the options) and ``run(ctx, cfg) -> dict`` (the report; its
-``"summary"`` lines are printed). Modules are imported only when their task runs.
+``"summary"`` lines are printed). Modules are imported only when their task runs. Which families
+can do a task is computed from the registered families' capabilities
+(:mod:`genlab.families.base`), never typed here.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from genlab.families import base as fb
+
+
+@dataclass(frozen=True)
+class Need:
+    """A capability a task can use, how ``--help`` qualifies a family that has it (``label(cls)``, or
+    a fixed ``note``), e.g. anomaly detection by likelihood or by energy."""
+
+    capability: type
+    label: Callable[[type], str] | None = None
+    note: str = ""
+
+    def families(self) -> str:
+        names = fb.able(self.capability, self.label)
+        return f"{names} ({self.note})" if self.note and self.label is None else names
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
     summary: str
-    families: str
+    needs: tuple[Need, ...]  # any one of them; empty: every family that samples
     module: str
+    everyone: str = ""  # the "families" line when ``needs`` is empty
+
+    @property
+    def families(self) -> str:
+        """The registered families that can do this task, as ``genlab-task --help`` lists them."""
+        return "; ".join(n.families() for n in self.needs) if self.needs else self.everyone
 
     def load(self) -> tuple[type, Any]:
         mod = importlib.import_module(self.module)
@@ -26,17 +51,16 @@ class Task:
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("anomaly", "per-example NLL; AUROC and ROC curve of test data against out-of-distribution inputs",
-         "autoregressive, vae, flow, diffusion, flow_matching (likelihood); ebm (energy)", "genlab.tasks.anomaly"),
+         (Need(fb.Likelihood, note="likelihood"), Need(fb.EnergyScorer, note="energy")), "genlab.tasks.anomaly"),
     Task("inpaint", "fill masked pixels (box, random, bottom half); error on the masked pixels, PNG",
-         "autoregressive (exact for bottom half), diffusion (RePaint), flow_matching (path replacement), "
-         "vae (iterated reconstruction), ebm (clamped Langevin)", "genlab.tasks.inpaint"),
+         (Need(fb.Inpainter, lambda c: c.inpaint_method),), "genlab.tasks.inpaint"),
     Task("denoise", "noisy input -> clean output by running the reverse process from the matching noise "
-         "level; PSNR", "diffusion, flow_matching", "genlab.tasks.denoise"),
+         "level; PSNR", (Need(fb.Denoiser),), "genlab.tasks.denoise"),
     Task("interpolate", "interpolate between real images in latent space; PNG strips",
-         "vae, flow, flow_matching (ODE inversion), diffusion (DDIM inversion)", "genlab.tasks.interpolate"),
+         (Need(fb.Encoder, lambda c: c.encoder_kind),), "genlab.tasks.interpolate"),
     Task("augment", "write N samples as an .npz dataset; classifier accuracy with real+synthetic vs real",
-         "every family that samples images", "genlab.tasks.augment"),
+         (), "genlab.tasks.augment", everyone="every family that samples images"),
     Task("compress", "lossless compression to a real bitstream (rANS coding with the model's "
-         "conditionals), bit-exact round trip; size vs NLL, PNG, gzip, xz", "autoregressive",
+         "conditionals), bit-exact round trip; size vs NLL, PNG, gzip, xz", (Need(fb.SequentialCoder),),
          "genlab.tasks.compress"),
 ]}

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from genlab.data.base import DataInfo, check_discrete
-from genlab.families.base import Family, LossOutput
+from genlab.data.scaling import BinScale
+from genlab.families.base import Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
 from genlab.families.flow.layers import Center, FlowLayer, Logit, MultiScaleFlow, build_multiscale_flow
 from genlab.families.flow.objectives import Dequantization, UniformDequantization
 from genlab.metrics.likelihood import LN2, LogLikelihood, continuous_to_discrete
@@ -50,7 +51,7 @@ def max_squeezes(height: int, width: int) -> int:
     return n
 
 
-class Flow(Family):
+class Flow(Family, Likelihood, Encoder):
     """Multi-scale affine-coupling flow (RealNVP / Glow), images only.
 
     Args:
@@ -96,7 +97,6 @@ class Flow(Family):
         self.num_scales, self.steps_per_scale, self.checkerboard_steps = num_scales, steps_per_scale, checkerboard_steps
         self.actnorm, self.learn_prior, self.logit_alpha = actnorm, learn_prior, logit_alpha
         self.temperature, self.val_samples, self.test_samples = temperature, val_samples, test_samples
-        self.info: DataInfo | None = None
 
     # -- setup -----------------------------------------------------------------------------
     def check_data(self, info: DataInfo) -> str | None:
@@ -115,23 +115,23 @@ class Flow(Family):
                     f"height and width), not model.num_scales={self.num_scales}: set model.num_scales={most}")
         return None
 
-    def build(self, info: DataInfo) -> nn.ModuleDict:
-        self.info = info
+    def build(self, info: DataInfo) -> Nets:
         preprocess = Center() if self.logit_alpha is None else Logit(self.logit_alpha)
         flow = build_multiscale_flow(
             info.shape, self.coupling_net, self.num_scales, self.steps_per_scale, self.checkerboard_steps,
             self.actnorm, self.mixing, self.learn_prior, preprocess,
         )
-        nets = nn.ModuleDict({"flow": flow})
+        nets = Nets(info, {"flow": flow})
         dequantizer = self.objective.build(info)
         if dequantizer is not None:
             nets["dequantizer"] = dequantizer
         return nets
 
     # -- input checks ----------------------------------------------------------------------
-    def check_discrete(self, x: Tensor) -> Tensor:
+    @staticmethod
+    def check_discrete(info: DataInfo, x: Tensor) -> Tensor:
         """Validate a batch of discrete data (shape, integer values in ``0..L-1``); returns ``x``."""
-        return check_discrete(x, self.info, 'pass the uint8 images, or use encode() for dequantised values in [0, 1]')
+        return check_discrete(x, info, 'pass the uint8 images, or use encode() for dequantised values in [0, 1]')
 
     @staticmethod
     def check_dequantized(y: Tensor) -> Tensor:
@@ -173,14 +173,16 @@ class Flow(Family):
 
             log p((x+u)/L) - D log L - log q(u|x),   u ~ q(u|x)
         """
-        levels, xf = self.info.levels, x.to(self._dtype(nets))
-        u, log_q = self.objective(nets["dequantizer"] if "dequantizer" in nets else None, xf * (2 / (levels - 1)) - 1)
-        log_py = self.log_density(nets, (xf + u) / levels)
-        return continuous_to_discrete(log_py, self.info.dims, 1.0 / levels) - log_q
+        info, xf = nets.info, x.to(self._dtype(nets))
+        bins = BinScale(info.levels, 0.0, 1.0)
+        dequantizer = nets["dequantizer"] if "dequantizer" in nets else None
+        u, log_q = self.objective(dequantizer, xf * (2 / (info.levels - 1)) - 1)  # the grid points of [-1, 1]
+        log_py = self.log_density(nets, bins.dequantize(xf, u))
+        return continuous_to_discrete(log_py, info.dims, bins.width) - log_q
 
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor]) -> LossOutput:
-        bound = self.log_px_bound(nets, self.check_discrete(batch["x"]))
-        d = self.info.dims
+        bound = self.log_px_bound(nets, self.check_discrete(nets.info, batch["x"]))
+        d = nets.info.dims
         return LossOutput(-bound.mean() / d, {"nll_bpd": -bound.mean().detach() / (d * LN2)})
 
     @torch.no_grad()
@@ -188,7 +190,7 @@ class Flow(Family):
         self, nets: nn.ModuleDict, batch: dict[str, Tensor], stage: Literal["val", "test"] = "test"
     ) -> LogLikelihood:
         k = self.val_samples if stage == "val" else self.test_samples
-        x = self.check_discrete(batch["x"])
+        x = self.check_discrete(nets.info, batch["x"])
         per_chunk = max(1, min(k, self.eval_chunk // x.shape[0]))  # draws evaluated as one batch
         draws = [
             self.log_px_bound(nets, x.repeat(min(per_chunk, k - i), 1, 1, 1)).view(-1, x.shape[0])
@@ -197,36 +199,50 @@ class Flow(Family):
         return LogLikelihood(torch.logsumexp(torch.cat(draws), 0) - math.log(k), "bound")  # draws: (k, B)
 
     # -- sampling ----------------------------------------------------------------------------
-    def to_data(self, y: Tensor) -> Tensor:
-        """``y in [0,1]`` -> uint8 images ``floor(y L)`` clipped to ``0..L-1``."""
-        y = torch.nan_to_num(y, nan=0.0, posinf=1.0, neginf=0.0)
-        return (y * self.info.levels).floor().clamp(0, self.info.levels - 1).to(torch.uint8)
+    @staticmethod
+    def to_data(info: DataInfo, y: Tensor) -> Tensor:
+        """``y in [0,1]`` -> uint8 images ``floor(y L)`` clipped to ``0..L-1`` (NaN to the middle)."""
+        return BinScale(info.levels, 0.0, 1.0).to_data(y)
 
     @torch.no_grad()
-    def sample(self, nets: nn.ModuleDict, n: int, temperature: float | None = None) -> Tensor:
+    def sample(self, nets: Nets, n: int, sampler: None = None, temperature: float | None = None) -> Tensor:
         """``n`` uint8 images: ``z ~ N(0, T^2 I)`` (``T = temperature``, default ``model.temperature``), decoded."""
         t = self.temperature if temperature is None else temperature
         flow: MultiScaleFlow = nets["flow"]
         p = next(flow.parameters())
         zs = [t * torch.randn(n, *shape, device=p.device, dtype=p.dtype) for shape in flow.latent_shapes]
-        return self.to_data(self.decode(nets, zs))
+        return self.to_data(nets.info, self.decode(nets, zs))
+
+    # -- Encoder: the exact bijection at the bin centres ----------------------------------------------
+    encoder_kind = "exact bijection"
 
     @torch.no_grad()
-    def interpolate(self, nets: nn.ModuleDict, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
-        """Decoded images along the straight line between the latents of ``x_a`` and ``x_b``.
+    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None) -> Tensor:
+        """Discrete images -> their latents at the bin centres ``y = (x + 1/2) / L``, every scale's
+        latent flattened and concatenated: ``(B, D)``."""
+        info = nets.info
+        y = BinScale(info.levels, 0.0, 1.0).centres(self.check_discrete(info, x), self._dtype(nets))
+        return torch.cat([z.flatten(1) for z in self.encode(nets, y)[0]], 1)
 
-        Each image is encoded at its bin centres ``y = (x + 1/2) / L``.
+    @torch.no_grad()
+    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None) -> Tensor:
+        """Flat latents ``(B, D)`` -> images in level units ``y L - 1/2`` clipped to ``[0, L-1]`` (the
+        endpoints of :meth:`to_latent` reproduce the images up to float error)."""
+        shapes = nets["flow"].latent_shapes
+        sizes = [math.prod(shape) for shape in shapes]
+        zs = [part.reshape(len(z), *shape) for part, shape in zip(z.split(sizes, 1), shapes)]
+        return BinScale(nets.info.levels, 0.0, 1.0).to_levels(self.decode(nets, zs)).clamp(0, nets.info.levels - 1)
 
-        Args:
-            x_a, x_b: discrete images ``(B, C, H, W)``.
-        Returns:
-            ``(B, steps, C, H, W)`` float tensor in level units ``y L - 1/2`` clipped to
-            ``[0, L-1]``; the endpoints reproduce ``x_a`` and ``x_b`` (up to float error).
-        """
-        levels, dtype = self.info.levels, self._dtype(nets)
-        za, _ = self.encode(nets, (self.check_discrete(x_a).to(dtype) + 0.5) / levels)
-        zb, _ = self.encode(nets, (self.check_discrete(x_b).to(dtype) + 0.5) / levels)
-        t = torch.linspace(0, 1, steps, device=x_a.device, dtype=dtype).view(1, steps, 1, 1, 1)
-        zs = [((1 - t) * a.unsqueeze(1) + t * b.unsqueeze(1)).flatten(0, 1) for a, b in zip(za, zb)]
-        y = self.decode(nets, zs)
-        return (y * levels - 0.5).clamp(0, levels - 1).view(x_a.shape[0], steps, *self.info.shape)
+    @torch.no_grad()
+    def interpolate(self, nets: Nets, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
+        """Decoded images along the straight line between the latents of ``x_a`` and ``x_b``
+        ``(B, C, H, W)``: ``(B, steps, C, H, W)`` float in level units (:meth:`from_latent`)."""
+        za, zb = self.to_latent(nets, x_a), self.to_latent(nets, x_b)
+        t = torch.linspace(0, 1, steps, device=za.device, dtype=za.dtype).view(1, steps, 1)
+        z = ((1 - t) * za.unsqueeze(1) + t * zb.unsqueeze(1)).flatten(0, 1)
+        return self.from_latent(nets, z).view(x_a.shape[0], steps, *nets.info.shape)
+
+    why_not = {Inpainter: (
+        "a normalizing flow has an exact density but no tractable conditional: its latent mixes every "
+        "pixel, so drawing the missing pixels given the observed ones would need MCMC on the flow's "
+        "density (not implemented)")}

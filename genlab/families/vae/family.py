@@ -12,6 +12,13 @@ Training objectives (the ``loss`` group, :mod:`genlab.families.vae.objectives`):
     log p(x) ≈ log (1/k) sum_i p(x, z_i) / q(z_i|x),   z_i ~ q(z|x)
 
 labelled ``estimate`` for k > 1 and ``bound`` (the ELBO) for k = 1.
+
+Capabilities: :class:`~genlab.families.base.Likelihood`, :class:`Encoder` (the posterior mean
+``mu(x)``, decoded by the decoder's mean: a reconstruction, not exact) and :class:`Inpainter` —
+*iterated reconstruction*: start the missing pixels at the mean of the observed ones, then
+``iters`` times encode (posterior mean), decode (the decoder's mean) and put the known pixels
+back; the deterministic variant of the imputation chain of Rezende et al. 2014 ("Stochastic
+Backpropagation and Approximate Inference in Deep Generative Models", Sec. 5).
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genlab.data.base import DataInfo
+from genlab.data.scaling import GridScale
 from genlab.distributions import DiscreteObservation, check_observation, default_observation
-from genlab.families.base import Family, LossOutput
+from genlab.families.base import Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
 from genlab.metrics.likelihood import LogLikelihood
 from genlab.nets import input_kind_error
 
@@ -50,7 +58,7 @@ class VAEObjective:
         raise NotImplementedError
 
 
-class VAE(Family):
+class VAE(Family, Likelihood, Encoder, Inpainter):
     """VAE family.
 
     Args:
@@ -81,7 +89,6 @@ class VAE(Family):
         self.encoder_factory, self.decoder_factory = encoder, decoder
         self.observation = observation
         self.latent_dim, self.val_k, self.test_k = latent_dim, val_k, test_k
-        self.info: DataInfo | None = None
 
     @property
     def nll_kind(self) -> str:
@@ -98,38 +105,41 @@ class VAE(Family):
     def _in_dim(self, info: DataInfo) -> tuple[int, ...]:
         return (info.shape[0], info.levels) if info.kind == "text" else info.shape
 
-    def build(self, info: DataInfo) -> nn.ModuleDict:
-        self.info = info
-        self.observation = self.observation or default_observation(info.levels)
-        p = self.observation.num_params(info.levels)
+    def observation_for(self, info: DataInfo) -> DiscreteObservation:
+        """The configured observation model, or the default for the data's levels."""
+        return self.observation or default_observation(info.levels)
+
+    def build(self, info: DataInfo) -> Nets:
+        p = self.observation_for(info).num_params(info.levels)
         out = (p * info.shape[0], *info.shape[1:]) if info.kind == "image" else (p, *info.shape)
-        return nn.ModuleDict(
-            {
-                "encoder": self.encoder_factory(in_dim=self._in_dim(info), out_dim=2 * self.latent_dim),
-                "decoder": self.decoder_factory(in_dim=self.latent_dim, out_dim=out),
-            }
-        )
+        return Nets(info, {
+            "encoder": self.encoder_factory(in_dim=self._in_dim(info), out_dim=2 * self.latent_dim),
+            "decoder": self.decoder_factory(in_dim=self.latent_dim, out_dim=out),
+        })
 
     # -- pieces used by the objectives -------------------------------------------------
-    def encoder_input(self, x: Tensor) -> Tensor:
-        """Discrete data -> network input: images scaled to [-1, 1], text one-hot."""
-        if self.info.kind == "text":
-            return F.one_hot(x.long(), self.info.levels).float()
-        return x.float() * (2.0 / (self.info.levels - 1)) - 1.0
+    @staticmethod
+    def encoder_input(info: DataInfo, x: Tensor) -> Tensor:
+        """Discrete data -> network input: images at the grid points of [-1, 1], text one-hot."""
+        if info.kind == "text":
+            return F.one_hot(x.long(), info.levels).float()
+        return GridScale(info.levels).to_model(x)
 
     def encode(self, nets: nn.ModuleDict, x: Tensor) -> tuple[Tensor, Tensor]:
         """``q(z|x)`` parameters: ``mu, logvar``, each ``(B, Z)``."""
-        mu, logvar = nets["encoder"](self.encoder_input(x)).chunk(2, dim=-1)
+        mu, logvar = nets["encoder"](self.encoder_input(nets.info, x)).chunk(2, dim=-1)
         return mu, logvar.clamp(-12.0, 8.0)
 
     def decoder_params(self, nets: nn.ModuleDict, z: Tensor) -> Tensor:
         """Observation parameters ``(B, P, D)`` for latents ``(B, Z)``."""
         out = nets["decoder"](z)
-        return out.reshape(out.shape[0], self.observation.num_params(self.info.levels), -1)
+        levels = nets.info.levels
+        return out.reshape(out.shape[0], self.observation_for(nets.info).num_params(levels), -1)
 
     def log_px_given_z(self, nets: nn.ModuleDict, z: Tensor, x: Tensor) -> Tensor:
         """``log p(x|z)`` in nats, ``(B,)``; ``x`` discrete ``(B, *shape)``."""
-        return self.observation.log_prob(self.decoder_params(nets, z), x.reshape(x.shape[0], -1), self.info.levels)
+        obs = self.observation_for(nets.info)
+        return obs.log_prob(self.decoder_params(nets, z), x.reshape(x.shape[0], -1), nets.info.levels)
 
     def log_weights(self, nets: nn.ModuleDict, x: Tensor, k: int) -> Tensor:
         """Importance log-weights ``log p(x, z_i) - log q(z_i|x)``, shape ``(k, B)``.
@@ -138,7 +148,7 @@ class VAE(Family):
         """
         mu, logvar = self.encode(nets, x)
         b = x.shape[0]
-        per_sample = b * self.info.dims * self.observation.num_params(self.info.levels)
+        per_sample = b * nets.info.dims * self.observation_for(nets.info).num_params(nets.info.levels)
         chunk = max(1, min(k, int(2e7 // max(per_sample, 1))))
         out = []
         for start in range(0, k, chunk):
@@ -167,28 +177,57 @@ class VAE(Family):
         return LogLikelihood(self.iw_bound(nets, batch["x"], k), "bound" if k == 1 else "estimate")
 
     @torch.no_grad()
-    def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
+    def sample(self, nets: Nets, n: int, sampler: None = None) -> Tensor:
         z = torch.randn(n, self.latent_dim, device=next(nets.parameters()).device)
-        x = self.observation.sample(self.decoder_params(nets, z), self.info.levels)
-        return self.to_data(x)
+        x = self.observation_for(nets.info).sample(self.decoder_params(nets, z), nets.info.levels)
+        return self.to_data(nets.info, x)
 
-    def to_data(self, x: Tensor) -> Tensor:
+    @staticmethod
+    def to_data(info: DataInfo, x: Tensor) -> Tensor:
         """Flat level ids ``(B, D)`` -> data space (uint8 images / int64 text)."""
-        x = x.view(-1, *self.info.shape)
-        return x if self.info.kind == "text" else x.to(torch.uint8)
+        x = x.view(-1, *info.shape)
+        return x if info.kind == "text" else x.to(torch.uint8)
+
+    def decoder_mean(self, nets: Nets, z: Tensor) -> Tensor:
+        """The decoder's mean for latents ``(B, Z)``, in level units ``(B, *shape)`` (float)."""
+        info = nets.info
+        return self.observation_for(info).mean(self.decoder_params(nets, z), info.levels).view(-1, *info.shape)
+
+    # -- Encoder: the posterior mean ------------------------------------------------------------
+    encoder_kind = "posterior mean"
 
     @torch.no_grad()
-    def interpolate(self, nets: nn.ModuleDict, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
-        """Decoder means along the line between the posterior means of ``x_a`` and ``x_b``.
+    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None) -> Tensor:
+        """The posterior mean ``mu(x)`` ``(B, Z)``."""
+        return self.encode(nets, x)[0]
 
-        Args:
-            x_a, x_b: discrete examples ``(B, *shape)``.
-        Returns:
-            ``(B, steps, *shape)`` float tensor in level units ``[0, L-1]``.
-        """
-        mu_a, _ = self.encode(nets, x_a)
-        mu_b, _ = self.encode(nets, x_b)
+    @torch.no_grad()
+    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None) -> Tensor:
+        return self.decoder_mean(nets, z)
+
+    @torch.no_grad()
+    def interpolate(self, nets: Nets, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
+        """Decoder means along the line between the posterior means of ``x_a`` and ``x_b``
+        ``(B, *shape)``: ``(B, steps, *shape)`` float, level units ``[0, L-1]``."""
+        mu_a, mu_b = self.to_latent(nets, x_a), self.to_latent(nets, x_b)
         t = torch.linspace(0, 1, steps, device=mu_a.device).view(1, steps, 1)
         z = (1 - t) * mu_a.unsqueeze(1) + t * mu_b.unsqueeze(1)  # (B, steps, Z)
-        mean = self.observation.mean(self.decoder_params(nets, z.flatten(0, 1)), self.info.levels)
-        return mean.view(x_a.shape[0], steps, *self.info.shape)
+        return self.decoder_mean(nets, z.flatten(0, 1)).view(x_a.shape[0], steps, *nets.info.shape)
+
+    # -- Inpainter: iterated reconstruction (module docstring) ------------------------------------
+    inpaint_method = "iterated reconstruction"
+
+    @torch.no_grad()
+    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: object) -> Tensor:
+        """``options.iters`` rounds of encode (posterior mean) -> decoder mean -> known pixels back,
+        from the per-image mean of the observed pixels."""
+        from genlab.tasks.masks import mean_fill  # the baseline fill the task reports beside it
+
+        levels = nets.info.levels
+        known = x.float()
+        cur = mean_fill(x, missing, levels).float()
+        for _ in range(options.iters):
+            recon = self.decoder_mean(nets, self.to_latent(nets, cur)).view_as(cur)
+            cur = torch.where(missing, recon, known)
+        return cur.round().clamp(0, levels - 1).to(x.dtype)
+

@@ -30,7 +30,7 @@ class ELBO(VAEObjective):
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         recon = vae.log_px_given_z(nets, z, x)
         kl = kl_to_standard_normal(mu, logvar)
-        d = vae.info.dims
+        d = nets.info.dims
         loss = (self.beta * kl - recon).mean() / d
         to_bpd = 1.0 / (d * LN2)
         return LossOutput(
@@ -53,6 +53,6 @@ class IWAE(VAEObjective):
 
     def __call__(self, vae: VAE, nets: nn.ModuleDict, x: Tensor) -> LossOutput:
         bound = vae.iw_bound(nets, x, self.k)  # (B,)
-        d = vae.info.dims
+        d = nets.info.dims
         return LossOutput(-bound.mean() / d, {"iwae_bpd": -bound.mean().detach() / (d * LN2)})
 
