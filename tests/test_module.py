@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from genlab.data.toy import ToyDataModule
-from genlab.families.base import Family, LossOutput
+from genlab.families.base import Family, Likelihood, LossOutput
 from genlab.metrics.likelihood import LogLikelihood
 from genlab.module import GenerativeModule, TrainingDivergedError
 
@@ -90,7 +90,7 @@ def test_ema_decay_warms_up_then_stays_at_its_setting():
     assert late.item() == pytest.approx(0.001)
 
 
-class DtypeProbe(Family):
+class DtypeProbe(Family, Likelihood):
     """A linear 'model' that records the dtype its matmul runs in, in training and evaluation."""
 
     name = "dtype_probe"
