@@ -120,3 +120,10 @@ def test_genlab_eval_scores_a_trained_run_next_to_the_real_floor(make_cfg, class
     assert main([str(run_dir / "nowhere")]) == 2
     # no Inception weights on this machine: a one-line notice, not a crash
     assert "Inception FID/IS skipped" in printed and "skipped" in out["inception"]["notice"]
+    # evaluation overrides go to their own file, recorded in it; quality.json is left alone
+    before = (run_dir / "quality.json").read_text()
+    assert main([str(run_dir), "--n", "150", "--cache-dir", str(classifier_cache), "model.test_k=7"]) == 0
+    (other,) = run_dir.glob("quality_*.json")
+    assert json.loads(other.read_text())["overrides"] == ["model.test_k=7"]
+    assert (run_dir / "quality.json").read_text() == before
+    assert main([str(run_dir), "model.test_k"]) == 2 and "key=value" in capsys.readouterr().err
