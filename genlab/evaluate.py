@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="sampling settings for this evaluation, e.g. model.sampler.steps=20 (the model's "
                         "architecture cannot change); the result goes to quality_<hash>.json")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     if bad := [o for o in a.overrides if "=" not in o]:
         print(f"error: overrides must be key=value, got {bad} (e.g. model.sampler.steps=20)", file=sys.stderr)
         return 2
