@@ -126,14 +126,14 @@ def check_compatible(family: Family, info: DataInfo, chosen: dict[str, str]) -> 
 def build_callbacks_and_loggers(cfg: DictConfig, module: Any = None) -> tuple[list[Any], list[Any]]:
     """Instantiate every entry of the ``callbacks`` and ``logger`` groups (null entries skipped).
 
-    For a family without a likelihood (``module.family.nll_kind == "none"``), checkpoint
+    For a family without a likelihood on these data (``likelihood_kind(info) == "none"``), checkpoint
     callbacks that monitor ``val/nll_*`` are dropped (or, if they are the only ones, keep the
     latest checkpoint): there is no NLL to rank by, and none is made up.
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    if module is not None and module.family.nll_kind == "none":
+    if module is not None and module.family.likelihood_kind(module.info) == "none":
         by_nll = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and str(cb.monitor).startswith("val/nll")]
         others = [cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb not in by_nll]
         for cb in by_nll:  # no NLL to rank by: the latest checkpoint (last.ckpt) is what there is

@@ -40,8 +40,9 @@ def sample_with(module, solver: ODESolver, n: int, batch: int, seed: int = 0) ->
     torch.manual_seed(seed)
     chunks, nfes, t0 = [], [], time.perf_counter()
     for start in range(0, n, batch):
-        chunks.append(family.sample(nets, min(batch, n - start), solver=solver))
-        nfes.append(family.nfe["sample"])
+        s = family.generate(nets, min(batch, n - start), solver)
+        chunks.append(family.to_data(nets, s.y))
+        nfes.append(s.nfe)
     secs = time.perf_counter() - t0
     return torch.cat(chunks), sum(nfes) / len(nfes), 1000.0 * secs / n
 

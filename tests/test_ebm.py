@@ -61,13 +61,13 @@ def test_contrastive_divergence_step_lowers_data_energy_and_raises_sample_energy
 
 def test_grid_probabilities_are_normalised_and_the_discrete_mapping_round_trips():
     ebm, nets = _ebm(DataInfo(name="small", kind="points", shape=(2,), levels=16))
-    assert ebm.nll_kind == "exact"
+    assert ebm.likelihood_kind(nets.info) == "exact"
     cells = grid_cells(0, 256, 16, (2,))
     assert cells[17].tolist() == [1, 1] and len(torch.unique(cells, dim=0)) == 256
     assert torch.logsumexp(ebm.grid_log_probs(nets), 0).item() == pytest.approx(0.0, abs=1e-9)
-    assert torch.equal(ebm.to_data(ebm.embed(cells, dequantize=True)), cells.to(torch.uint8))
-    big, _ = _ebm(DataInfo(name="img", kind="image", shape=(1, 8, 8), levels=4))
-    assert big.nll_kind == "none"
+    assert torch.equal(ebm.to_data(nets, ebm.embed(nets, cells, dequantize=True)), cells.to(torch.uint8))
+    big, big_nets = _ebm(DataInfo(name="img", kind="image", shape=(1, 8, 8), levels=4))
+    assert big.likelihood_kind(big_nets.info) == "none"
 
 
 def test_divergence_check_names_the_problem_and_the_fixes():

@@ -15,7 +15,8 @@ from genlab.families.diffusion.schedules import SCHEDULES
 from genlab.families.flow_matching.paths import OTPath, VPPath
 from genlab.tasks.base import TaskError
 from genlab.tasks.cli import main
-from genlab.tasks.denoise import FlowMatchingDenoiser, match_time, match_timestep, truncated_chain
+from genlab.families.diffusion.denoising import match_timestep, truncated_chain
+from genlab.families.flow_matching import match_time, posterior_mean
 from test_task_inpaint import checkpoint  # the same tiny models (session-cached by name)
 
 F64 = torch.float64
@@ -75,7 +76,7 @@ def test_flow_posterior_mean_inverts_the_velocity_of_gaussian_data(path):
     x_t = torch.linspace(-2, 2, 9, dtype=F64)
     var = a * a * s * s + b * b
     e1, e0 = m + a * s * s / var * (x_t - a * m), b / var * (x_t - a * m)
-    torch.testing.assert_close(FlowMatchingDenoiser.posterior_mean(path, x_t, da * e1 + db * e0, t), e1)
+    torch.testing.assert_close(posterior_mean(path, x_t, da * e1 + db * e0, t), e1)
 
 
 def test_matching_time_refuses_noise_below_the_paths_floor():

@@ -16,7 +16,7 @@ from genlab.nets.ar import ARNet
 from genlab.tasks.base import stream_seed
 from genlab.tasks.cli import main
 from genlab.families.autoregressive.family import order_is_exact
-from genlab.tasks.inpaint import repaint_schedule
+from genlab.families.diffusion.repaint import repaint_schedule
 from genlab.tasks.masks import make_mask
 
 DIGITS = ["dataset=digits", "trainer.max_steps=-1", "trainer.check_val_every_n_epoch=${trainer.max_epochs}",

@@ -112,6 +112,10 @@ class Family:
         self.objective = objective
 
     # -- compatibility (checked before anything is trained) -----------------------------
+    def likelihood_kind(self, info: DataInfo) -> NLLKind:
+        """The kind of :meth:`log_likelihood` on ``info``'s data (``none``: it returns None)."""
+        return self.nll_kind if isinstance(self, Likelihood) else "none"
+
     def check_data(self, info: DataInfo) -> str | None:
         """Return why this family cannot model ``info``'s data, or None if it can."""
         return None

@@ -2,7 +2,8 @@
 Energy-Based Models"): an energy network ``E_θ(y)`` on the continuous embedding of the data,
 trained by contrastive divergence against SGLD samples from a persistent replay buffer.
 
-Data mapping. Discrete ``x in {0..L-1}^D`` is embedded at its bin centre in ``[-1, 1]``::
+Data mapping (:class:`genlab.data.scaling.BinScale` on ``[-1, 1]``). Discrete ``x in {0..L-1}^D`` is
+embedded at its bin centre::
 
     c(x) = -1 + (2x + 1) / L          (bin width w = 2/L)
 
@@ -15,24 +16,34 @@ Model density on the DISCRETE data (where the grid of all ``L^D`` cells is enume
 
     P_θ(x) = exp(-E_θ(c(x))) / Σ_{x'} exp(-E_θ(c(x')))
 
-a normalised distribution over the grid: its NLL is exact (``nll_kind = "exact"``). For larger
-data (images) the partition function is intractable: ``nll_kind = "none"`` and no number is made up.
+a normalised distribution over the grid: its NLL is exact (kind ``exact``; ``log Z`` is cached on
+the nets, :class:`.grid.PartitionCache`). For larger data (images) the partition function is
+intractable: :meth:`EBM.likelihood_kind` is ``none``, ``log_likelihood`` returns None and no number is
+made up; anomaly detection then scores by the energy (:meth:`EBM.score_energy`).
+
+Inpainting: Langevin dynamics (the model's SGLD sampler) on the missing pixels with the known ones
+clamped to their bin centres, from uniform noise: a sampler of ``exp(-E(y))`` restricted to the
+observed values.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from genlab.data.base import DataInfo
-from genlab.families.base import Family, LossOutput
+from genlab.data.scaling import BinScale
+from genlab.families.base import EnergyScorer, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.ebm.grid import PartitionCache, grid_cells
 from genlab.families.ebm.sampler import Langevin, ReplayBuffer
-from genlab.metrics.likelihood import LogLikelihood
+from genlab.metrics.likelihood import LogLikelihood, NLLKind
 from genlab.nets import input_kind_error
+
+__all__ = ["EBM", "EBMObjective", "apply_spectral_norm", "grid_cells"]
 
 
 class EBMObjective:
@@ -50,21 +61,14 @@ def apply_spectral_norm(net: nn.Module) -> nn.Module:
     return net
 
 
-def grid_cells(start: int, stop: int, levels: int, shape: tuple[int, ...]) -> Tensor:
-    """Cells ``start..stop-1`` of the full grid ``{0..L-1}^D`` in row-major order, ``(n, *shape)`` long."""
-    flat = torch.arange(start, stop, dtype=torch.long)
-    d = math.prod(shape)
-    powers = levels ** torch.arange(d - 1, -1, -1, dtype=torch.long)
-    return ((flat[:, None] // powers) % levels).view(-1, *shape)
-
-
-class EBM(Family):
+class EBM(Family, Likelihood, EnergyScorer, Inpainter):
     """Energy-based model with SGLD sampling from a replay buffer (see module docstring).
 
     Args:
         energy_net: backbone factory ``net(in_dim=shape, out_dim=1)`` (``_partial_``), e.g.
             :class:`genlab.nets.conv.ConvEncoder` (images) or :class:`genlab.nets.mlp.MLP`.
-        sampler: the SGLD sampler (step size, noise, train / sample steps).
+        sampler: the SGLD sampler (step size, noise, train / sample steps); ``sample(..., sampler=)``
+            overrides it per call.
         buffer_size: replay-buffer capacity (persistent chains; stored in checkpoints).
         reinit_prob: share of buffer draws re-initialised from uniform noise (Du & Mordatch: 5%).
         sample_init: start of ``sample()``'s chains: ``buffer`` (persistent states) or ``noise``.
@@ -79,6 +83,8 @@ class EBM(Family):
     name = "ebm"
     compare_rank = 70
     objective_type = EBMObjective
+    nll_kind = "exact"  # where it has one: see likelihood_kind
+    inpaint_method = "Langevin with the known pixels clamped"
 
     def __init__(
         self,
@@ -101,8 +107,6 @@ class EBM(Family):
         self.buffer_size, self.reinit_prob, self.sample_init = buffer_size, reinit_prob, sample_init
         self.spectral_norm, self.dequantize = spectral_norm, dequantize
         self.max_energy, self.max_grid, self.grid_chunk = max_energy, max_grid, grid_chunk
-        self.info: DataInfo | None = None
-        self._log_z_cache: tuple[tuple, Tensor] | None = None
 
     # -- setup -----------------------------------------------------------------------
     def check_data(self, info: DataInfo) -> str | None:
@@ -115,28 +119,32 @@ class EBM(Family):
         """Whether the grid of all ``L^D`` cells is small enough for the exact partition function."""
         return info.dims * math.log(info.levels) <= math.log(self.max_grid)
 
-    def build(self, info: DataInfo) -> nn.ModuleDict:
-        self.info = info
-        self.nll_kind = "exact" if self.enumerable(info) else "none"
+    def likelihood_kind(self, info: DataInfo) -> NLLKind:
+        """The kind of :meth:`log_likelihood` on ``info``'s data: ``exact`` where the grid is
+        enumerable, else ``none`` (it returns None)."""
+        return "exact" if self.enumerable(info) else "none"
+
+    def build(self, info: DataInfo) -> Nets:
         net = self.energy_factory(in_dim=info.shape, out_dim=1)
         low, high = self.sampler.bounds or (-1.0, 1.0)
-        return nn.ModuleDict({
+        return Nets(info, {
             "energy": apply_spectral_norm(net) if self.spectral_norm else net,
             "buffer": ReplayBuffer(self.buffer_size, info.shape, low, high),
+            "log_z": PartitionCache(),
         })
 
-    # -- data mapping ----------------------------------------------------------------
-    def embed(self, x: Tensor, dequantize: bool = False) -> Tensor:
+    # -- data mapping (bins of width 2/L in [-1, 1]) ----------------------------------
+    @staticmethod
+    def embed(nets: Nets, x: Tensor, dequantize: bool = False) -> Tensor:
         """Discrete ``x`` -> bin centres ``c(x) = -1 + (2x+1)/L`` (+ uniform in-bin noise)."""
-        levels = self.info.levels
-        y = (2 * x.float() + 1) / levels - 1
-        return y + (torch.rand_like(y) - 0.5) * (2 / levels) if dequantize else y
+        bins = BinScale(nets.info.levels)
+        y = bins.centres(x)
+        return y + (torch.rand_like(y) - 0.5) * bins.width if dequantize else y
 
-    def to_data(self, y: Tensor) -> Tensor:
+    @staticmethod
+    def to_data(nets: Nets, y: Tensor) -> Tensor:
         """Continuous ``y in [-1, 1]`` -> the bin it falls in, uint8 ``(B, *shape)``."""
-        levels = self.info.levels
-        x = torch.floor((y + 1) * levels / 2).clamp(0, levels - 1)
-        return x.to(torch.uint8 if levels <= 256 else torch.long)
+        return BinScale(nets.info.levels).to_data(y)
 
     # -- energy and sampling ---------------------------------------------------------
     @staticmethod
@@ -144,7 +152,7 @@ class EBM(Family):
         """``E_θ(y)``, shape ``(B,)`` for ``y`` ``(B, *shape)``."""
         return nets["energy"](y).reshape(len(y))
 
-    def negatives(self, nets: nn.ModuleDict, n: int) -> Tensor:
+    def negatives(self, nets: Nets, n: int) -> Tensor:
         """``n`` SGLD samples from the replay buffer (``train_steps`` steps), written back; detached."""
         buffer: ReplayBuffer = nets["buffer"]
         idx, y = buffer.draw(n, self.reinit_prob)
@@ -153,8 +161,8 @@ class EBM(Family):
         return y
 
     # -- contract --------------------------------------------------------------------
-    def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor]) -> LossOutput:
-        y_data = self.embed(batch["x"], dequantize=self.dequantize)
+    def loss(self, nets: Nets, batch: dict[str, Tensor]) -> LossOutput:
+        y_data = self.embed(nets, batch["x"], dequantize=self.dequantize)
         return self.objective(self, nets, y_data, self.negatives(nets, len(y_data)))
 
     def diverged(self, out: LossOutput) -> str | None:
@@ -169,42 +177,53 @@ class EBM(Family):
                 f"or set model.spectral_norm=true")
 
     @torch.no_grad()
-    def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
-        """``n`` samples: ``sample_steps`` of SGLD from the buffer (or noise), binned to uint8."""
+    def sample(self, nets: Nets, n: int, sampler: Langevin | None = None) -> Tensor:
+        """``n`` samples: ``sample_steps`` of SGLD (``sampler``; None: ``model.sampler``) from the buffer
+        (or noise), binned to uint8."""
+        sampler = sampler or self.sampler
         buffer: ReplayBuffer = nets["buffer"]
         y = buffer.draw(n)[1] if self.sample_init == "buffer" else buffer.noise(n, device=buffer.samples.device)
-        y = self.sampler(lambda v: self.energy(nets, v), y, self.sampler.sample_steps)
-        return self.to_data(y)
+        y = sampler(lambda v: self.energy(nets, v), y, sampler.sample_steps)
+        return self.to_data(nets, y)
 
     # -- exact likelihood on enumerable grids ----------------------------------------
     @torch.no_grad()
-    def grid_energies(self, nets: nn.ModuleDict) -> Tensor:
+    def grid_energies(self, nets: Nets) -> Tensor:
         """``E_θ(c(x'))`` for every cell ``x'`` of the grid, ``(L^D,)`` float64 (row-major order)."""
-        info, device = self.info, next(nets["energy"].parameters()).device
+        info, device = nets.info, next(nets["energy"].parameters()).device
         total = info.levels ** info.dims
-        out = [self.energy(nets, self.embed(grid_cells(s, min(s + self.grid_chunk, total), info.levels,
-                                                       info.shape).to(device))).double()
+        out = [self.energy(nets, self.embed(nets, grid_cells(s, min(s + self.grid_chunk, total), info.levels,
+                                                             info.shape).to(device))).double()
                for s in range(0, total, self.grid_chunk)]
         return torch.cat(out)
 
-    def log_partition(self, nets: nn.ModuleDict) -> Tensor:
+    def log_partition(self, nets: Nets) -> Tensor:
         """``log Z = logsumexp_{x'} -E_θ(c(x'))`` over the grid, recomputed only when the energy
-        net's tensors changed (their version counters move with every optimizer step / load)."""
-        net = nets["energy"]
-        key = (id(net), net.training, *(t._version for t in [*net.parameters(), *net.buffers()]))
-        if self._log_z_cache is None or self._log_z_cache[0] != key:
-            self._log_z_cache = (key, torch.logsumexp(-self.grid_energies(nets), 0))
-        return self._log_z_cache[1]
+        net's tensors changed (cached in ``nets["log_z"]``, :class:`.grid.PartitionCache`)."""
+        cache: PartitionCache = nets["log_z"]
+        return cache.get(nets["energy"], lambda: torch.logsumexp(-self.grid_energies(nets), 0))
 
-    def grid_log_probs(self, nets: nn.ModuleDict) -> Tensor:
+    def grid_log_probs(self, nets: Nets) -> Tensor:
         """``log P_θ(x')`` for every grid cell, ``(L^D,)`` float64; sums (in prob) to 1."""
         return -self.grid_energies(nets) - self.log_partition(nets)
 
     @torch.no_grad()
-    def log_likelihood(self, nets: nn.ModuleDict, batch: dict[str, Tensor], **kwargs) -> LogLikelihood | None:
+    def log_likelihood(self, nets: Nets, batch: dict[str, Tensor], **kwargs: Any) -> LogLikelihood | None:
         """Exact ``log P_θ(x) = -E_θ(c(x)) - log Z`` where the grid is enumerable, else None."""
-        if self.nll_kind == "none":
+        if self.likelihood_kind(nets.info) == "none":
             return None
-        x = batch["x"]
-        log_px = -self.energy(nets, self.embed(x)).double() - self.log_partition(nets)
+        log_px = -self.score_energy(nets, batch["x"]).double() - self.log_partition(nets)
         return LogLikelihood(log_px, "exact")
+
+    # -- EnergyScorer and Inpainter ----------------------------------------------------
+    def score_energy(self, nets: Nets, x: Tensor) -> Tensor:
+        """``E_θ(c(x))`` of discrete ``x`` at its bin centres, ``(B,)``."""
+        return self.energy(nets, self.embed(nets, x))
+
+    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: Any) -> Tensor:
+        """SGLD (``model.sampler``'s step) for ``options.steps`` steps (None: ``model.sampler.sample_steps``)
+        from uniform noise on the missing pixels, the known ones clamped to their bin centres."""
+        steps = self.sampler.sample_steps if options.steps is None else options.steps
+        y = torch.where(missing, nets["buffer"].noise(len(x), device=x.device), self.embed(nets, x))
+        y = self.sampler(lambda v: self.energy(nets, v), y, steps, free=missing)
+        return self.to_data(nets, y).to(x.dtype)

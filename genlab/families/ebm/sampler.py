@@ -69,18 +69,23 @@ class Langevin:
         x = x - self.step_size * grad + self.noise_std * torch.randn_like(x)
         return x.clamp(*self.bounds) if self.bounds is not None else x
 
-    def __call__(self, energy: EnergyFn, x: Tensor, steps: int) -> Tensor:
+    def __call__(self, energy: EnergyFn, x: Tensor, steps: int, free: Tensor | None = None) -> Tensor:
         """Run ``steps`` SGLD steps from ``x`` ``(B, *shape)``; returns detached states.
 
+        ``free`` (bool, like ``x``): only these entries move, the others stay at their values in
+        ``x`` after every step (a sampler of ``exp(-E)`` conditioned on them: inpainting); None: all.
         Works under ``no_grad`` / ``inference_mode`` (validation hooks): gradients w.r.t. the
         states are switched on locally; the energy network's weights get no ``.grad``.
         """
         with torch.inference_mode(False), torch.enable_grad(), parametrize.cached():
             x = x.detach().clone()
+            fixed = None if free is None else x.clone()
             for _ in range(steps):
                 x.requires_grad_(True)
                 (grad,) = torch.autograd.grad(energy(x).sum(), x)
                 x = self.step(x.detach(), grad)
+                if fixed is not None:
+                    x = torch.where(free, x, fixed)
         return x.detach()
 
 

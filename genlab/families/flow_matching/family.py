@@ -20,38 +20,47 @@ Reported per example from one draw of ``u``, its kind is
   estimate (unbiased for the integral of the trace, but noisy per example), so the figure is an
   estimate of the bound, not a bound that holds for every draw.
 
+The number of function evaluations of each likelihood solve travels with the result
+(``LogLikelihood.extras["nfe"]``, per example): the module logs its mean as ``{val,test}/nfe``
+(constant for fixed-grid solvers, adaptive for dopri5).
+
 Samples: ``y_1 = ODESolve(v_theta, y_0 ~ N(0, I), 0 -> 1)``, mapped back by ``floor((y+1) L / 2)``
-clipped to ``0..L-1``. The number of function evaluations of the last solve of each kind is
-kept in :attr:`FlowMatching.nfe` (``sample``, ``val``, ``test``); :class:`.callbacks.NFEMonitor`
-logs it as ``{val,test}/nfe``.
+clipped to ``0..L-1`` (:class:`genlab.data.scaling.BinScale`); :meth:`FlowMatching.generate` returns
+them with the NFE of the solve. The same ODE (:func:`.ode.transport`) serves the capabilities:
+denoising from the matching time of the path (:mod:`.denoise`), inpainting by replacement along the
+path (:mod:`.inpaint`) and ODE inversion as an encoder (data at ``t = 1`` back to noise at ``t = 0``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from genlab.data.base import DataInfo, check_discrete
-from genlab.families.base import Family, LossOutput
+from genlab.data.scaling import BinScale
+from genlab.families.base import Denoiser, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.flow_matching import denoise as fm_denoise
+from genlab.families.flow_matching.inpaint import fill_along_path
 from genlab.families.flow_matching.objectives import ConditionalFlowMatching
-from genlab.families.flow_matching.ode import CountedVelocity, ODELikelihood, ODESolver
+from genlab.families.flow_matching.ode import CountedVelocity, ODELikelihood, ODESolver, Solution, transport
 from genlab.metrics.likelihood import LogLikelihood, continuous_to_discrete
 from genlab.nets import input_kind_error
 
 Stage = Literal["val", "test"]
 
 
-class FlowMatching(Family):
+class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder):
     """Continuous normalizing flow trained by flow matching (module docstring).
 
     Args:
         net: backbone factory ``net(shape=..., out_mult=1)`` -> ``module(x, t)`` (``_partial_`` in
             config): :class:`genlab.nets.unet.UNet` for images, :class:`genlab.nets.unet.TimeMLP`
             for points / small images.
-        solver: ODE solver for sampling (default: midpoint, 50 steps).
+        solver: ODE solver for sampling (default: midpoint, 50 steps); ``sample(..., sampler=)``
+            overrides it per call. Denoising, inpainting and ODE inversion use its method.
         val_likelihood, test_likelihood: likelihood settings for validation (cheap: few steps,
             one Hutchinson probe) and test (accurate: dopri5).
         objective: the training loss (``loss`` group), :class:`ConditionalFlowMatching`.
@@ -61,6 +70,10 @@ class FlowMatching(Family):
     compare_rank = 50
     objective_type = ConditionalFlowMatching
     nll_kind = "bound"
+    denoise_methods = fm_denoise.METHODS
+    inpaint_method = "replacement along the probability path"
+    latent_paths = ("slerp", "linear")
+    encoder_kind = "ODE inversion"
 
     def __init__(
         self,
@@ -75,8 +88,6 @@ class FlowMatching(Family):
         self.solver = solver or ODESolver("midpoint", steps=50)
         self.likelihoods = {"val": val_likelihood or ODELikelihood(ODESolver("euler", 10)),
                             "test": test_likelihood or ODELikelihood(ODESolver("dopri5"))}
-        self.nfe: dict[str, int] = {}
-        self.info: DataInfo | None = None
 
     # -- setup -----------------------------------------------------------------------------------
     def check_data(self, info: DataInfo) -> str | None:
@@ -87,62 +98,59 @@ class FlowMatching(Family):
             return f"{reason}: use model=flow_matching_mlp (a TimeMLP backbone) for {info.kind} data"
         return None
 
-    def build(self, info: DataInfo) -> nn.ModuleDict:
-        self.info = info
-        return nn.ModuleDict({"velocity": self.net(shape=info.shape, out_mult=1)})
+    def build(self, info: DataInfo) -> Nets:
+        return Nets(info, {"velocity": self.net(shape=info.shape, out_mult=1)})
 
-    # -- data space <-> flow space ----------------------------------------------------------------
-    def check_discrete(self, x: Tensor) -> Tensor:
+    # -- data space <-> flow space (bins of width 2/L in [-1, 1]) ------------------------------------
+    @staticmethod
+    def check_discrete(nets: Nets, x: Tensor) -> Tensor:
         """Validate a batch of discrete data (shape, integer values in ``0..L-1``); returns ``x``."""
-        return check_discrete(x, self.info, 'pass the uint8 data (flow matching dequantises them itself)')
+        return check_discrete(x, nets.info, 'pass the uint8 data (flow matching dequantises them itself)')
 
-    def _dtype(self, nets: nn.ModuleDict) -> torch.dtype:
+    @staticmethod
+    def _dtype(nets: nn.ModuleDict) -> torch.dtype:
         return next(nets.parameters()).dtype
 
-    def dequantize(self, nets: nn.ModuleDict, x: Tensor) -> Tensor:
+    def dequantize(self, nets: Nets, x: Tensor) -> Tensor:
         """Discrete ``x`` -> ``y = 2 (x + u) / L - 1 in [-1, 1)``, ``u ~ U[0,1)`` (one draw)."""
-        xf = self.check_discrete(x).to(self._dtype(nets))
-        return 2.0 * (xf + torch.rand_like(xf)) / self.info.levels - 1.0
+        return BinScale(nets.info.levels).uniform(self.check_discrete(nets, x), self._dtype(nets))
 
-    def to_data(self, y: Tensor) -> Tensor:
+    @staticmethod
+    def to_data(nets: Nets, y: Tensor) -> Tensor:
         """``y in [-1, 1]`` -> discrete data ``floor((y + 1) L / 2)`` clipped to ``0..L-1`` (uint8 if ``L <= 256``)."""
-        levels = self.info.levels
-        y = torch.nan_to_num(y, nan=0.0, posinf=1.0, neginf=-1.0)
-        x = ((y + 1.0) * (levels / 2.0)).floor().clamp(0, levels - 1)
-        return x.to(torch.uint8 if levels <= 256 else torch.long)
+        return BinScale(nets.info.levels).to_data(y)
 
     # -- training ---------------------------------------------------------------------------------
-    def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor]) -> LossOutput:
+    def loss(self, nets: Nets, batch: dict[str, Tensor]) -> LossOutput:
         return self.objective(nets["velocity"], self.dequantize(nets, batch["x"]))
 
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, nets: nn.ModuleDict, n: int, solver: ODESolver | None = None) -> Tensor:
-        """``n`` continuous samples ``y_1 = ODESolve(v, y_0 ~ N(0, I), 0 -> 1)`` ``(n, *shape)``; records ``nfe["sample"]``."""
+    def generate(self, nets: Nets, n: int, solver: ODESolver | None = None) -> Solution:
+        """``n`` continuous samples ``y_1 = ODESolve(v, y_0 ~ N(0, I), 0 -> 1)`` ``(n, *shape)`` and the
+        NFE of the solve (``solver``; None: ``model.solver``)."""
         p = next(nets.parameters())
-        velocity = CountedVelocity(nets["velocity"])
-        y0 = torch.randn(n, *self.info.shape, device=p.device, dtype=p.dtype)
-        y1 = (solver or self.solver).integrate(velocity, y0, 0.0, 1.0)
-        self.nfe["sample"] = velocity.nfe
-        return y1
+        y0 = torch.randn(n, *nets.info.shape, device=p.device, dtype=p.dtype)
+        return transport(nets["velocity"], y0, 0.0, 1.0, solver or self.solver)
 
     @torch.no_grad()
-    def sample(self, nets: nn.ModuleDict, n: int, solver: ODESolver | None = None) -> Tensor:
-        """``n`` samples in data space (default solver: ``model.solver``)."""
-        return self.to_data(self.generate(nets, n, solver))
+    def sample(self, nets: Nets, n: int, sampler: ODESolver | None = None) -> Tensor:
+        """``n`` samples in data space; ``sampler``: the ODE solver (None: ``model.solver``)."""
+        return self.to_data(nets, self.generate(nets, n, sampler).y)
 
     # -- likelihood -------------------------------------------------------------------------------
-    def log_density(self, nets: nn.ModuleDict, y: Tensor, likelihood: ODELikelihood) -> tuple[Tensor, str, int]:
+    def log_density(self, nets: Nets, y: Tensor, likelihood: ODELikelihood) -> tuple[Tensor, str, int]:
         """Continuous ``log p_1(y)`` ``(B,)`` in nats, the divergence kind and the NFE of the solve."""
         velocity = CountedVelocity(nets["velocity"])
         log_p, kind = likelihood.log_density(velocity, y)
         return log_p, kind, velocity.nfe
 
     def log_likelihood(
-        self, nets: nn.ModuleDict, batch: dict[str, Tensor], stage: Stage = "test",
+        self, nets: Nets, batch: dict[str, Tensor], stage: Stage = "test",
         likelihood: ODELikelihood | None = None,
     ) -> LogLikelihood:
-        """Per-example dequantisation bound / estimate of ``log P(x)`` in nats (module docstring).
+        """Per-example dequantisation bound / estimate of ``log P(x)`` in nats (module docstring), with
+        ``extras["nfe"]``: the velocity evaluations of the solve, per example ``(B,)``.
 
         Runs with autograd on (the divergence needs it), also under Lightning's inference mode.
         """
@@ -150,6 +158,53 @@ class FlowMatching(Family):
         with torch.inference_mode(False), torch.enable_grad():
             y = self.dequantize(nets, batch["x"].clone())
             log_p, div_kind, nfe = self.log_density(nets, y, likelihood)
-        self.nfe[stage] = nfe
-        log_px = continuous_to_discrete(log_p.detach(), self.info.dims, 2.0 / self.info.levels)
-        return LogLikelihood(log_px, "bound" if div_kind == "exact" else "estimate")
+        info = nets.info
+        log_px = continuous_to_discrete(log_p.detach(), info.dims, BinScale(info.levels).width)
+        nfes = torch.full(log_px.shape, float(nfe), dtype=torch.float64, device=log_px.device)
+        return LogLikelihood(log_px, "bound" if div_kind == "exact" else "estimate", {"nfe": nfes})
+
+    def summarize_likelihood(self, nets: Nets, n: int, sums: dict[str, float]) -> dict[str, float]:
+        """``nfe``: the mean number of velocity evaluations of a likelihood solve over the epoch."""
+        return {"nfe": sums["nfe"] / n} if n else {}
+
+    # -- Denoiser: start the ODE at the path's matching time (:mod:`.denoise`) --------------------------
+    def noise_space(self, nets: Nets, x: Tensor) -> Tensor:
+        """Discrete ``x`` -> the dequantised model scale ``2 (x + u) / L - 1``."""
+        return self.dequantize(nets, x)
+
+    def to_unit(self, nets: Nets, y: Tensor) -> Tensor:
+        """Model scale -> ``[0, 1]`` (level ``v`` at its bin centre ``2 (v + 1/2) / L - 1``)."""
+        return BinScale(nets.info.levels).to_unit(y)
+
+    def denoise_plan(self, nets: Nets, sigma: float, steps: int | None) -> dict[str, Any]:
+        return fm_denoise.denoise_plan(self.objective.path, self.solver, sigma, steps)
+
+    def describe_plan(self, plan: dict[str, Any], method: str) -> str:
+        return fm_denoise.describe_plan(plan, method)
+
+    def denoise(self, nets: Nets, y: Tensor, plan: dict[str, Any], method: str) -> Tensor:
+        return fm_denoise.denoise(nets["velocity"], self.objective.path, self.solver, y, plan, method).y
+
+    # -- Inpainter: replacement along the probability path (:mod:`.inpaint`) -----------------------------
+    @torch.no_grad()
+    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: Any) -> Tensor:
+        """ODE on ``options.steps`` intervals (None: ``model.solver.steps``), the known region on the path."""
+        steps = self.solver.steps if options.steps is None else options.steps
+        x1 = self.dequantize(nets, x)
+        filled = fill_along_path(nets["velocity"], self.objective.path, self.solver, x1, missing, steps)
+        return self.to_data(nets, filled.y).to(x.dtype)
+
+    # -- Encoder: ODE inversion -------------------------------------------------------------------------
+    def _inversion_solver(self, steps: int | None) -> ODESolver:
+        return self.solver if steps is None or self.solver.adaptive else self.solver.with_steps(steps)
+
+    @torch.no_grad()
+    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None) -> Tensor:
+        """Data -> noise code: the velocity ODE from ``t = 1`` back to ``t = 0``, from the bin centres."""
+        y1 = BinScale(nets.info.levels).centres(self.check_discrete(nets, x), self._dtype(nets))
+        return transport(nets["velocity"], y1, 1.0, 0.0, self._inversion_solver(steps)).y
+
+    @torch.no_grad()
+    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None) -> Tensor:
+        """Noise codes -> discrete levels: the ODE from ``t = 0`` to ``t = 1``, binned."""
+        return self.to_data(nets, transport(nets["velocity"], z, 0.0, 1.0, self._inversion_solver(steps)).y)

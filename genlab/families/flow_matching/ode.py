@@ -2,7 +2,9 @@
 
 * :class:`ODESolver`: integrates ``dx/dt = f(t, x)`` between two times with a torchdiffeq
   method (fixed-grid ``euler``, ``midpoint``, ``rk4``, ...: ``steps`` equal steps; adaptive
-  ``dopri5``, ...: ``rtol`` / ``atol``), counting the function evaluations (NFE).
+  ``dopri5``, ...: ``rtol`` / ``atol``); :func:`transport` runs a velocity net through it from
+  one time to another and returns the end state with the function evaluations (NFE) it took,
+  :class:`Solution`: the one code path of sampling, denoising, inpainting and ODE inversion.
 * Divergence of ``v`` w.r.t. ``x``: :class:`ExactDivergence` (one vector-Jacobian product per
   dimension: the trace of the Jacobian) or :class:`HutchinsonDivergence`
   (``div v = E_eps[eps^T (dv/dx) eps]`` for ``E[eps eps^T] = I``; Hutchinson 1989; FFJORD,
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -79,6 +82,10 @@ class ODESolver:
         n = self.steps
         return {"grid_constructor": lambda func, y0, t: torch.linspace(t[0], t[-1], n + 1, dtype=t.dtype, device=t.device)}
 
+    def with_steps(self, steps: int) -> ODESolver:
+        """The same method and tolerances with ``steps`` fixed-grid steps (ignored by adaptive methods)."""
+        return ODESolver(self.method, steps=steps, rtol=self.rtol, atol=self.atol)
+
     def integrate(self, f: Dynamics, y0: State, t0: float, t1: float) -> State:
         """The state at ``t1`` of ``dy/dt = f(t, y)``, ``y(t0) = y0`` (a tensor or a tuple of tensors)."""
         ref = y0[0] if isinstance(y0, tuple) else y0
@@ -89,6 +96,22 @@ class ODESolver:
     def __repr__(self) -> str:
         spec = f"rtol={self.rtol}, atol={self.atol}" if self.adaptive else f"steps={self.steps}"
         return f"ODESolver({self.method}, {spec})"
+
+
+@dataclass
+class Solution:
+    """The state ``y`` at the end of an ODE solve and ``nfe``, the velocity evaluations it took."""
+
+    y: Tensor
+    nfe: int
+
+
+def transport(net: Callable[[Tensor, Tensor], Tensor], y0: Tensor, t0: float, t1: float,
+              solver: ODESolver) -> Solution:
+    """``y(t1)`` of ``dy/dt = v(y, t)``, ``y(t0) = y0`` ``(B, ...)``, for the velocity net ``v = net``
+    (forwards ``t0 < t1``: noise towards data; backwards: inversion), and its NFE."""
+    velocity = CountedVelocity(net)
+    return Solution(solver.integrate(velocity, y0, t0, t1), velocity.nfe)
 
 
 # -- divergence ----------------------------------------------------------------------------------
