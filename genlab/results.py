@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from genlab.builders import sweep_group
 from genlab.checkpoints import config_hash
+from genlab.data.base import DataInfo
 from genlab.module import GenerativeModule
 
 
 def _nll(metrics: dict[str, Any], stage: str, kind: str | None, unit: str) -> dict[str, Any]:
+    """The ``stage`` NLL in ``unit`` (per dimension) and nats (per example), and its kind (exact,
+    bound, ...); ``{"nll_kind": "none"}`` where the family has none or it was not evaluated."""
     if kind is None or f"{stage}/nll_nats" not in metrics:
         return {"nll_kind": "none"}
     return {
@@ -26,50 +30,88 @@ def _nll(metrics: dict[str, Any], stage: str, kind: str | None, unit: str) -> di
     }
 
 
-def build_results(
-    cfg: DictConfig,
-    chosen: dict[str, str],
-    module: GenerativeModule,
-    trainer: L.Trainer,
-    metrics: dict[str, Any],
-    timings: dict[str, float],
-    samples: str | None,
-    checkpoints: dict[str, str | None],
-    status: str = "finished",
-    error: str | None = None,
-) -> dict[str, Any]:
-    """Collect the run's identity, metrics (``{val,test}/nll_*``), timings and paths into one dict."""
-    info = module.info
-    best = getattr(trainer.checkpoint_callback, "best_model_score", None)
+@dataclass
+class RunOutcome:
+    """What a run produced, as :func:`build_results` records it.
+
+    metrics: the logged metrics (``{val,test}/...``, ``samples/...``); empty if it stopped early.
+    timings: seconds per phase (``train_seconds``, ...).
+    samples: the path of the final sample grid, if one was written.
+    checkpoints: ``{"best": path, "last": path}`` (either may be None).
+    status: ``finished``, ``failed`` or ``interrupted``; error: the message of the latter two.
+    """
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    samples: str | None = None
+    checkpoints: dict[str, str | None] = field(default_factory=dict)
+    status: str = "finished"
+    error: str | None = None
+
+
+def _identity(cfg: DictConfig, chosen: dict[str, str], module: GenerativeModule) -> dict[str, Any]:
+    """Which run this is: family, model and loss configs, dataset, seed, sweep and W&B groups."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb") or {}
     return {
-        "status": status,
-        "error": error,
         "family": module.family.name,
         "model": chosen.get("model"),
         "loss": chosen.get("loss"),
-        "dataset": info.name,
+        "dataset": module.info.name,
         "seed": cfg.get("seed"),
         "sweep_group": sweep_group(),
         "wandb_group": (wandb_cfg.get("group") or sweep_group()) if wandb_cfg else None,
+    }
+
+
+def _progress(module: GenerativeModule, trainer: L.Trainer, timings: dict[str, float]) -> dict[str, Any]:
+    """How far it got: parameter count, optimizer steps, epochs and timings."""
+    return {
         "params": sum(p.numel() for p in module.nets.parameters()),
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
         "train_seconds": timings.get("train_seconds"),
         "timings": timings,
-        "data": {"shape": list(info.shape), "levels": info.levels, "dims": info.dims,
-                 "entropy_bpd": info.entropy_bpd, "uniform_bpd": math.log2(info.levels)},
+    }
+
+
+def _data(info: DataInfo) -> dict[str, Any]:
+    """The data: shape, levels ``L``, dimensions, entropy and the uniform model's ``log2 L`` bits/dim."""
+    return {"shape": list(info.shape), "levels": info.levels, "dims": info.dims,
+            "entropy_bpd": info.entropy_bpd, "uniform_bpd": math.log2(info.levels)}
+
+
+def _evaluation(module: GenerativeModule, trainer: L.Trainer, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The val / test NLL (with the best checkpoint's monitored score) and every evaluation metric."""
+    info = module.info
+    best = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    return {
         "val": {**_nll(metrics, "val", module.nll_kind.get("val"), info.unit),
                 "best_nll_bpd": float(best) if best is not None else None},
         "test": _nll(metrics, "test", module.nll_kind.get("test"), info.unit),
         # every logged evaluation metric (e.g. the bound's standard error, NFE, modes covered)
         "metrics": {k: float(v) for k, v in metrics.items() if k.startswith(("val/", "test/"))},
-        "samples": samples,
+    }
+
+
+def build_results(
+    cfg: DictConfig, chosen: dict[str, str], module: GenerativeModule, trainer: L.Trainer, outcome: RunOutcome,
+) -> dict[str, Any]:
+    """Collect the run's identity, metrics (``{val,test}/nll_*``), timings and paths into one dict."""
+    metrics, checkpoints = outcome.metrics, outcome.checkpoints
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return {
+        "status": outcome.status,
+        "error": outcome.error,
+        **_identity(cfg, chosen, module),
+        **_progress(module, trainer, outcome.timings),
+        "data": _data(module.info),
+        **_evaluation(module, trainer, metrics),
+        "samples": outcome.samples,
         "history": module.history,
         "sample_metrics": {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("samples/")},
         "checkpoint": checkpoints.get("best") or checkpoints.get("last"),
         "checkpoints": checkpoints,
-        "config": (config := OmegaConf.to_container(cfg, resolve=True)),
+        "config": config,
         # what a relaunched sweep compares to skip this run (genlab.runs.previous_run)
         "config_hash": config_hash(config),
     }

@@ -31,7 +31,7 @@ from genlab.checkpoints import (AtomicCheckpointIO, CheckpointError, CheckpointW
 from genlab.data.base import DataError
 from genlab.families.base import IncompatibleConfigError
 from genlab.module import GenerativeModule, TrainingDivergedError, checkpoint_paths
-from genlab.results import build_results, write_results
+from genlab.results import RunOutcome, build_results, write_results
 from genlab.runs import OutputDirError
 
 USER_ERRORS = (DataError, IncompatibleConfigError, CheckpointError, OutputDirError)  # exit 2: fix the command
@@ -206,7 +206,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except RUN_ERRORS as err:  # keep a record of the failed run next to its checkpoints
         record(_saved(trainer, ckpts), "failed", str(err))
         raise
-    results = build_results(cfg, chosen, module, trainer, metrics, timings, samples, ckpts)
+    results = build_results(cfg, chosen, module, trainer, RunOutcome(metrics, timings, samples, ckpts))
     if trainer.is_global_zero:
         results["path"] = str(write_results(results, cfg.paths.output_dir))
     return results
@@ -224,7 +224,8 @@ def _record(cfg: DictConfig, chosen: dict, module: GenerativeModule, trainer: L.
     this may fail too: the error is then printed, and the run's checkpoints are still intact."""
     if not trainer.is_global_zero:
         return
-    results = build_results(cfg, chosen, module, trainer, {}, timings, None, ckpts, status, error)
+    results = build_results(cfg, chosen, module, trainer,
+                            RunOutcome(timings=timings, checkpoints=ckpts, status=status, error=error))
     try:
         write_results(results, cfg.paths.output_dir)
     except OSError as err:

@@ -53,7 +53,7 @@ def draw(module: Any, sampler: Sampler, n: int, chunk: int, seed: int = 0) -> tu
 def sample_sets(ckpt: str, out_dir: Path, args: argparse.Namespace) -> dict[str, tuple[Path, float]]:
     """DDIM-50 and DDPM samples from ``ckpt``: name -> (grid path, seconds per 1000 samples)."""
     module, _ = load_run(ckpt)
-    eta = args.ddim_eta if args.ddim_eta is not None else getattr(module.family.sampler, "eta", 0.0)
+    eta = args.ddim_eta if args.ddim_eta is not None else (module.family.sampler.eta if isinstance(module.family.sampler, DDIM) else 0.0)
     samplers = {"ddim50": (DDIM(steps=50, eta=eta), args.ddim_samples),
                 "ddpm": (Ancestral(steps=args.ddpm_steps or None), args.ddpm_samples)}
     done = {}

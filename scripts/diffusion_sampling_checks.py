@@ -14,6 +14,12 @@ sampling time. ``--guidance W ...`` repeats every setting at each autoguidance w
 trained with ``model.guidance``; weight 1 = unguided). ``--guide-ckpt`` takes the guide from another
 checkpoint of the same architecture and parametrisation instead (its EMA weights: e.g. an earlier
 checkpoint of the run, or a worse model), also for a model trained without ``model.guidance``.
+
+Each row is one sampler object passed to ``family.sample`` (no family attribute is changed); the
+same setting as a config override of one evaluation is e.g. ``genlab-eval RUN model.sampler.steps=50
+model.sampler.eta=1 model.sampler.guidance=3`` (``model.sampler=ddpm``: ancestral on all steps).
+This script adds the loop, the seeded draws of the rows in docs/benchmarks.md, ``ancestral:STEPS``
+and the lent guide of ``--guide-ckpt``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from bench_diffusion import draw  # scripts/ is on sys.path when this file runs
 
 from genlab.builders import load_run
 from genlab.evaluate import run_classifier, summary_cells
-from genlab.families.diffusion import DDIM, Ancestral, Guidance, GuideNet, Sampler
+from genlab.families.diffusion import DDIM, Ancestral, Diffusion, Guidance, GuideNet, Sampler
 from genlab.metrics.quality import quality_metrics, reference_set
 
 
@@ -43,19 +49,21 @@ def parse_setting(text: str) -> Sampler:
 
 
 def use_guide(module: Any, ckpt: str) -> None:
-    """Make ``ckpt``'s denoiser (EMA weights) the guide of ``module`` (autoguidance)."""
+    """Make ``ckpt``'s denoiser (EMA weights) the guide of ``module`` (autoguidance); a module trained
+    without ``model.guidance`` gets a copy of its family with the default guidance (weight 1: the
+    weights come from ``--guidance``, i.e. each sampler's own ``guidance``)."""
     other, _ = load_run(ckpt)
-    net = module.nets["net"]
-    if other.family.name != "diffusion" or type(other.nets["net"]) is not type(net) or any(
+    net, fam = module.nets["net"], module.family
+    if not isinstance(other.family, Diffusion) or type(other.nets["net"]) is not type(net) or any(
             a.shape != b.shape for a, b in zip(other.nets["net"].state_dict().values(), net.state_dict().values())):
         raise SystemExit(f"--guide-ckpt {ckpt}: the guide must be a diffusion model with the same network as the model")
-    if type(other.family.prediction) is not type(module.family.prediction) or not torch.allclose(
-            other.family.process.tables["alpha_bar"], module.family.process.tables["alpha_bar"]):
+    if type(other.family.prediction) is not type(fam.prediction) or not torch.allclose(
+            other.family.process.tables["alpha_bar"], fam.process.tables["alpha_bar"]):
         raise SystemExit(f"--guide-ckpt {ckpt}: the guide must predict the same target on the same noise schedule")
     module.nets["guide"] = GuideNet(other.nets["net"])
     module.nets["guide"].taken_at.fill_(float(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]))
-    if module.family.guidance is None:
-        module.family.guidance = Guidance()
+    if fam.guidance is None:
+        module.family = fam.with_guidance(Guidance())
 
 
 def describe(sampler: Sampler) -> str:
@@ -78,26 +86,24 @@ def main() -> int:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. paths.data_dir=../shared/data")
     a = p.parse_intermixed_args()
     module, dm = load_run(a.ckpt, overrides=a.overrides)
-    if module.family.name != "diffusion":
+    if not isinstance(module.family, Diffusion):
         print(f"{a.ckpt} is a {module.family.name} checkpoint, not a diffusion model", file=sys.stderr)
         return 2
-    family = module.family
     if a.guide_ckpt:
         use_guide(module, a.guide_ckpt)
-    if a.guidance and family.guidance is None:
+    guidance = module.family.guidance
+    if a.guidance and guidance is None:
         print(f"{a.ckpt} was trained without model.guidance: it has no guide snapshot for --guidance", file=sys.stderr)
         return 2
-    weights = a.guidance or [family.guidance.weight if family.guidance else 1.0]
     clf, _ = run_classifier(module, dm, a.cache_dir)
     ref = reference_set(dm, a.n)
     print("| sampler | FD | precision | recall | confident (>= 0.9) | class range | s per 1000 samples |")
     print("|---|---|---|---|---|---|---|")
-    for sampler in a.settings:
-        for w in weights:
-            if family.guidance is not None:
-                family.guidance.weight = w
+    for setting in a.settings:
+        for w in a.guidance or [guidance.weight if guidance else None]:
+            sampler = setting.with_guidance(w)  # the weight of these samples; the family is left as it is
             x, sec = draw(module, sampler, a.n, a.chunk)
-            name = describe(sampler) + (f", guidance {w:g}" if family.guidance is not None else "")
+            name = describe(sampler) + (f", guidance {w:g}" if guidance is not None else "")
             print(f"| {name} | {summary_cells(quality_metrics(clf, ref, x))} | {sec:.0f} |", flush=True)
     return 0
 

@@ -85,15 +85,15 @@ def _family(info=POINTS, net=None, **kw) -> tuple[Diffusion, nn.ModuleDict]:
 @pytest.mark.parametrize("prediction", list(PREDICTIONS))
 @pytest.mark.parametrize("objective", [SimpleLoss(), HybridLoss()], ids=["fixed", "learned"])
 def test_kl_terms_vanish_when_the_model_predicts_the_true_posterior(prediction, objective):
-    fam, _ = _family(DataInfo("t", "image", (2, 3, 3), 17), prediction=prediction, timesteps=40, objective=objective)
+    fam, nets = _family(DataInfo("t", "image", (2, 3, 3), 17), prediction=prediction, timesteps=40, objective=objective)
     p, g = fam.process, torch.Generator().manual_seed(0)
-    x0 = fam.scale(torch.randint(0, 17, (40, 2, 3, 3), generator=g), F64)
+    x0 = fam.scale(nets, torch.randint(0, 17, (40, 2, 3, 3), generator=g), F64)
     t, eps = torch.arange(40), torch.randn(x0.shape, generator=g, dtype=F64)
     x_t = p.q_sample(x0, t, eps)
     out = fam.prediction.target(p, t, x0, eps)  # the exact answer: x0_hat = x0, so the mean is mu~_t
     if fam.learns_variance:  # v = -1: Sigma = beta~_t, the true posterior variance
         out = torch.cat([out, -torch.ones_like(out)], 1)
-    terms = fam.vb_term(p, x0, x_t, t, out)
+    terms = fam.model(nets).vb_term(x0, x_t, t, out)
     torch.testing.assert_close(terms[1:], torch.zeros(39, dtype=F64), atol=1e-9, rtol=0)
     assert terms[0] > 0  # t = 0 is the decoder's NLL: a positive number of nats
     assert float(normal_kl(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.zeros(1))) == pytest.approx(0.5)
@@ -107,7 +107,7 @@ def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error_for_every_predict
     (Hang et al. 2023, Eq. 7-9); without it the eps loss is ``SNR d^2`` (L_simple)."""
     g = torch.Generator().manual_seed(1)
     for prediction in PREDICTIONS:
-        fam, _ = _family(DataInfo("t", "image", (1, 2, 2), 17), prediction=prediction, timesteps=100)
+        fam, nets = _family(DataInfo("t", "image", (1, 2, 2), 17), prediction=prediction, timesteps=100)
         p = fam.process
         t = torch.tensor([0, 5, 30, 60, 99])
         x0 = torch.rand(5, 1, 2, 2, generator=g, dtype=F64) * 2 - 1
@@ -123,7 +123,7 @@ def test_min_snr_weighting_is_min_snr_gamma_times_the_x0_error_for_every_predict
         assert snr.min() < 5 < snr.max()  # both sides of gamma
         plain = {"eps": snr, "x0": torch.ones_like(snr), "v": snr + 1}[prediction]
         expected = (plain if gamma is None else snr.clamp(max=gamma)) * d.pow(2).flatten(1).mean(1)
-        torch.testing.assert_close(objective(min_snr_gamma=gamma).mse(fam, t, x0, eps, out), expected)
+        torch.testing.assert_close(objective(min_snr_gamma=gamma).mse(fam.model(nets), t, x0, eps, out), expected)
     with pytest.raises(ValueError, match="min_snr_gamma must be > 0"):
         objective(min_snr_gamma=0.0)
 
@@ -175,7 +175,7 @@ def test_ddim_with_eta_1_on_all_steps_is_ancestral_ddpm_and_both_recover_the_gau
     draws = {}
     for name, sampler in {"ddpm": Ancestral(), "ddim": DDIM(steps=None, eta=1.0)}.items():
         torch.manual_seed(0)
-        draws[name] = sampler(fam, nets, 5000).squeeze(1)
+        draws[name] = sampler(fam.model(nets), 5000).squeeze(1)
     torch.testing.assert_close(draws["ddim"], draws["ddpm"], atol=1e-9, rtol=0)  # same chain, same noise
     x = draws["ddpm"]
     assert abs(float(x.mean()) - MU) < 0.01 and abs(float(x.std()) - S) < 0.01
@@ -189,7 +189,7 @@ def test_ddim_with_eta_0_is_deterministic_and_recovers_the_gaussian(steps):
     outs = []
     for seed in (1, 2):  # different global RNG states: no effect without noise
         torch.manual_seed(seed)
-        outs.append(DDIM(steps=steps, eta=0.0)(fam, nets, 5000, x_T=x_T))
+        outs.append(DDIM(steps=steps, eta=0.0)(fam.model(nets), 5000, x_T=x_T))
     assert torch.equal(outs[0], outs[1])
     x = outs[0].squeeze(1)
     assert abs(float(x.mean()) - MU) < 0.01 and abs(float(x.std()) - S) < 0.01
@@ -276,7 +276,7 @@ def test_the_vlb_term_trains_the_variance_and_not_the_mean():
     for name, objective in {"hybrid": fam.objective, "simple": SimpleLoss()}.items():
         nets.zero_grad()
         torch.manual_seed(1)  # same t and noise
-        objective(fam, nets, fam.scale(x, F64)).loss.backward()
+        objective(fam.model(nets), fam.scale(nets, x, F64)).loss.backward()
         grads[name] = nets["net"].w.grad.clone()
     torch.testing.assert_close(grads["hybrid"][:1], grads["simple"][:1], rtol=1e-12, atol=1e-14)  # mean: L_simple only
     assert grads["hybrid"][1:].abs().sum() > 0 and grads["simple"][1:].abs().sum() == 0  # variance: L_vlb only
@@ -295,7 +295,7 @@ def test_toy_bound_never_beats_the_entropy_and_the_subsample_agrees_with_all_ste
     assert entropy <= results["test"]["nll_bpd"] and entropy <= results["val"]["nll_bpd"]
     module, dm = load_run(results["checkpoint"])
     fam, x = module.family, dm.splits["test"].x
-    x0 = fam.scale(x)
+    x0 = fam.scale(module.nets, x)
     torch.manual_seed(0)
     with torch.no_grad():
         full, sub = fam.bound(module.nets, x0, None), fam.bound(module.nets, x0, 5)
@@ -304,7 +304,7 @@ def test_toy_bound_never_beats_the_entropy_and_the_subsample_agrees_with_all_ste
     se = float(diff.std() / math.sqrt(len(diff)))
     assert abs(float(diff.mean())) < 4 * se
     assert float(sub.kl_var.mean().sqrt()) == pytest.approx(float(diff.std()), rel=1.0)  # variance of the right size
-    assert float(full.nll.mean()) / (fam.info.dims * LN2) >= entropy
+    assert float(full.nll.mean()) / (module.nets.info.dims * LN2) >= entropy
 
 
 def test_ema_weights_are_validated_and_saved_and_a_resumed_run_continues_exactly(make_cfg, tmp_path):

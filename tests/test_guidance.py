@@ -41,10 +41,10 @@ def test_guided_prediction_is_the_extrapolation_from_the_guide_and_the_bound_ign
     def eps(s):  # E[eps | x_t] for x0 ~ N(MU, s^2)
         return (1 - ab).sqrt() * (x_t - ab.sqrt() * MU) / (ab * s**2 + 1 - ab)
 
-    torch.testing.assert_close(fam.net_output(nets, p, x_t, t), eps(S))
-    torch.testing.assert_close(fam.net_output(nets, p, x_t, t, guide=True), eps(S_GUIDE) + 3.0 * (eps(S) - eps(S_GUIDE)))
+    torch.testing.assert_close(fam.model(nets).output(x_t, t), eps(S))
+    torch.testing.assert_close(fam.model(nets).output(x_t, t, guide=True), eps(S_GUIDE) + 3.0 * (eps(S) - eps(S_GUIDE)))
     # the likelihood is the unguided model's, whatever the weight
-    x0 = fam.scale(torch.randint(0, 256, (64, 1)), F64)
+    x0 = fam.scale(nets, torch.randint(0, 256, (64, 1)), F64)
     bounds = []
     for w in (1.0, 3.0):
         fam.guidance.weight = w
@@ -59,7 +59,7 @@ def test_guidance_sharpens_the_gaussian_without_moving_its_mean():
     stds = {}
     for w in (1.0, 2.0, 3.0):
         fam, nets = _family(w)
-        x = DDIM(steps=100, eta=0.0)(fam, nets, 4000, x_T=x_T).squeeze(1)
+        x = DDIM(steps=100, eta=0.0)(fam.model(nets), 4000, x_T=x_T).squeeze(1)
         assert abs(float(x.mean()) - MU) < 0.01
         stds[w] = float(x.std())
     assert abs(stds[1.0] - S) < 0.01
@@ -71,11 +71,11 @@ def test_before_the_snapshot_samples_are_unguided_with_a_warning():
     fam, nets = _family(3.0, ready=False)
     plain, _ = _family(1.0)
     with pytest.warns(UserWarning, match="sampling without guidance"):
-        x = DDIM(steps=20, eta=0.0)(fam, nets, 100, x_T=x_T)
-    torch.testing.assert_close(x, DDIM(steps=20, eta=0.0)(plain, nets, 100, x_T=x_T))
+        x = DDIM(steps=20, eta=0.0)(fam.model(nets), 100, x_T=x_T)
+    torch.testing.assert_close(x, DDIM(steps=20, eta=0.0)(plain.model(nets), 100, x_T=x_T))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # only once per family
-        DDIM(steps=5, eta=0.0)(fam, nets, 10)
+        DDIM(steps=5, eta=0.0)(fam.model(nets), 10)
 
 
 def test_guide_net_is_a_frozen_copy_of_buffers():
@@ -130,14 +130,14 @@ def test_the_snapshot_is_the_ema_at_the_share_of_training_saved_resumed_and_relo
     assert module.family.guidance.weight == 2.0
     x_T = torch.randn(256, *module.info.shape, generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
-    guided = DDIM(steps=10, eta=0.0)(module.family, module.nets, 256, x_T=x_T)
+    guided = DDIM(steps=10, eta=0.0)(module.family.model(module.nets), 256, x_T=x_T)
     torch.manual_seed(0)
-    unguided = DDIM(steps=10, eta=0.0)(plain.family, plain.nets, 256, x_T=x_T)
+    unguided = DDIM(steps=10, eta=0.0)(plain.family.model(plain.nets), 256, x_T=x_T)
     assert not torch.allclose(guided, unguided)
     dropped, _ = load_run(full["checkpoint"], overrides=["model.guidance=null"])  # the snapshot unused
     assert "guide" not in dropped.nets
     torch.manual_seed(0)
-    torch.testing.assert_close(DDIM(steps=10, eta=0.0)(dropped.family, dropped.nets, 256, x_T=x_T), unguided)
+    torch.testing.assert_close(DDIM(steps=10, eta=0.0)(dropped.family.model(dropped.nets), 256, x_T=x_T), unguided)
     # a checkpoint without a guide cannot be sampled with guidance: the error says so
     unguided_run = _toy_run(make_cfg, *short[:-1], "trainer.max_epochs=1", name="plain")
     with pytest.raises(ValueError, match="trained without model.guidance"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,73 @@ class Attention(nn.Module):
         return x + self.out(a.transpose(-1, -2).reshape(b, c, h, w))
 
 
+def _attention(ch: int, heads: int) -> Attention:
+    """Self-attention on ``ch`` channels with ``heads`` heads, or one head where ``heads`` does not divide ``ch``."""
+    return Attention(ch, heads if ch % heads == 0 else 1)
+
+
+@dataclass(frozen=True)
+class _Widths:
+    """What every level of a :class:`UNet` is built from: level ``lvl`` has ``channels *
+    channel_mults[lvl]`` channels and, if ``lvl in attn``, self-attention after each block."""
+
+    channels: int
+    channel_mults: tuple[int, ...]
+    num_res_blocks: int
+    attn: frozenset[int]
+    heads: int
+    t_dim: int
+    dropout: float
+
+    def blocks(self, c_in: int, lvl: int) -> list[nn.Module]:
+        """One block of level ``lvl`` from ``c_in`` channels: a :class:`ResBlock`, then attention if any."""
+        c_out = self.channels * self.channel_mults[lvl]
+        blocks: list[nn.Module] = [ResBlock(c_in, c_out, self.t_dim, self.dropout)]
+        if lvl in self.attn:
+            blocks.append(_attention(c_out, self.heads))
+        return blocks
+
+
+def _encoder(w: _Widths) -> tuple[nn.ModuleList, list[int]]:
+    """The downsampling path: per level ``num_res_blocks`` blocks, then (except at the lowest
+    resolution) a stride-2 conv. Returns the path and the channels of every skip it leaves
+    (the stem's first), in order; the last entry is the path's output width."""
+    down, skips, ch = nn.ModuleList(), [w.channels], w.channels
+    for lvl, mult in enumerate(w.channel_mults):
+        for _ in range(w.num_res_blocks):
+            down.append(nn.ModuleList(w.blocks(ch, lvl)))
+            ch = w.channels * mult
+            skips.append(ch)
+        if lvl < len(w.channel_mults) - 1:
+            down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
+            skips.append(ch)
+    return down, skips
+
+
+def _decoder(w: _Widths, ch: int, skips: list[int]) -> tuple[nn.ModuleList, int]:
+    """The upsampling path from ``ch`` channels: per level (lowest resolution first)
+    ``num_res_blocks + 1`` blocks, each on its input concatenated with the next skip
+    (``skips`` is consumed from its end), the last one of every level but the full-resolution
+    one followed by an :class:`_Upsample`. Returns the path and its output width."""
+    up = nn.ModuleList()
+    for lvl, mult in reversed(list(enumerate(w.channel_mults))):
+        for i in range(w.num_res_blocks + 1):
+            blocks = w.blocks(ch + skips.pop(), lvl)
+            ch = w.channels * mult
+            if lvl > 0 and i == w.num_res_blocks:
+                blocks.append(_Upsample(ch))
+            up.append(nn.ModuleList(blocks))
+    return up, ch
+
+
+def _head(ch: int, c_out: int) -> nn.Sequential:
+    """GroupNorm-SiLU-conv to ``c_out`` channels, the conv zero-initialised (the net starts at 0)."""
+    head = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, c_out, 3, padding=1))
+    nn.init.zeros_(head[-1].weight)
+    nn.init.zeros_(head[-1].bias)
+    return head
+
+
 class UNet(nn.Module):
     """DDPM-style UNet on images ``(B, C, H, W)``.
 
@@ -118,39 +186,19 @@ class UNet(nn.Module):
         time_scale: float = 1000.0,
     ) -> None:
         super().__init__()
-        c_data = shape[0]
-        levels = len(channel_mults)
-        attn = set(attn_levels) if attn_levels is not None else {levels - 1}
+        attn = frozenset(attn_levels) if attn_levels is not None else frozenset({len(channel_mults) - 1})
+        # registration (= state-dict) order, and the order the weights are drawn in:
+        # time, stem, down, mid, up, head
         self.time = TimeEmbedding(channels, time_scale)
         t_dim = self.time.out_dim
-        self.stem = nn.Conv2d(c_data, channels, 3, padding=1)
-        self.down, skips, ch = nn.ModuleList(), [channels], channels
-        for lvl, mult in enumerate(channel_mults):
-            for _ in range(num_res_blocks):
-                blocks = [ResBlock(ch, channels * mult, t_dim, dropout)]
-                ch = channels * mult
-                if lvl in attn:
-                    blocks.append(Attention(ch, heads if ch % heads == 0 else 1))
-                self.down.append(nn.ModuleList(blocks))
-                skips.append(ch)
-            if lvl < levels - 1:
-                self.down.append(nn.ModuleList([nn.Conv2d(ch, ch, 3, stride=2, padding=1)]))
-                skips.append(ch)
-        self.mid = nn.ModuleList([ResBlock(ch, ch, t_dim, dropout), Attention(ch, heads if ch % heads == 0 else 1),
+        widths = _Widths(channels, tuple(channel_mults), num_res_blocks, attn, heads, t_dim, dropout)
+        self.stem = nn.Conv2d(shape[0], channels, 3, padding=1)
+        self.down, skips = _encoder(widths)
+        ch = skips[-1]
+        self.mid = nn.ModuleList([ResBlock(ch, ch, t_dim, dropout), _attention(ch, heads),
                                   ResBlock(ch, ch, t_dim, dropout)])
-        self.up = nn.ModuleList()
-        for lvl, mult in reversed(list(enumerate(channel_mults))):
-            for i in range(num_res_blocks + 1):
-                blocks = [ResBlock(ch + skips.pop(), channels * mult, t_dim, dropout)]
-                ch = channels * mult
-                if lvl in attn:
-                    blocks.append(Attention(ch, heads if ch % heads == 0 else 1))
-                if lvl > 0 and i == num_res_blocks:
-                    blocks.append(_Upsample(ch))
-                self.up.append(nn.ModuleList(blocks))
-        self.head = nn.Sequential(nn.GroupNorm(_groups(ch), ch), nn.SiLU(), nn.Conv2d(ch, out_mult * c_data, 3, padding=1))
-        nn.init.zeros_(self.head[-1].weight)
-        nn.init.zeros_(self.head[-1].bias)
+        self.up, ch = _decoder(widths, ch, skips)
+        self.head = _head(ch, out_mult * shape[0])
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """``x``: (B, C, H, W) float; ``t``: (B,) in [0, 1] -> (B, out_mult*C, H, W)."""

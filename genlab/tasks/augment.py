@@ -25,12 +25,18 @@ Writes ``samples.npz``, ``augment.json`` / ``augment.md`` and ``augment.png`` (k
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from genlab.data.base import DataInfo
 from genlab.tasks.base import TaskConfig, TaskContext, TaskError, require_images, save_rows, stream_seed, write_report
+
+if TYPE_CHECKING:  # imported where used: the metrics load only when the task runs
+    from genlab.metrics.quality import ClassifierConfig, FeatureClassifier
 
 SUPPORTED = "every family that samples images (autoregressive, vae, flow, diffusion, flow_matching, gan, ebm)"
 
@@ -50,6 +56,7 @@ class Config(TaskConfig):
 
 
 def draw_samples(ctx: TaskContext, n: int, batch: int, seed: int) -> Tensor:
+    """``n`` samples of the model (on the CPU), drawn ``batch`` at a time, batch ``i`` with seed ``seed + i``."""
     parts = [ctx.module.sample(min(batch, n - i), seed=seed + i).cpu() for i in range(0, n, batch)]
     return torch.cat(parts)
 
@@ -65,9 +72,10 @@ def write_npz(path, x: Tensor, y: Tensor | None = None, confidence: Tensor | Non
     np.savez_compressed(path, x=arr, **extra)
 
 
+# -- the task -------------------------------------------------------------------------------------
 def run(ctx: TaskContext, cfg: Config) -> dict:
-    from genlab.metrics.quality import ClassifierConfig, FeatureClassifier, accuracy, discrete, fit_classifier
-
+    """Write ``n_synthetic`` samples to ``samples.npz`` and, where the data have labels, pseudo-label
+    them and score the three classifiers (module docstring); returns the report."""
     require_images("augment", ctx, SUPPORTED)
     if cfg.n_synthetic < 1:
         raise TaskError(f"n_synthetic={cfg.n_synthetic}: write at least one sample")
@@ -76,61 +84,117 @@ def run(ctx: TaskContext, cfg: Config) -> dict:
     report: dict = {"task": "augment", "family": ctx.family.name, "dataset": info.name, "checkpoint": str(ctx.ckpt),
                     "n_synthetic": len(x_syn), "levels": info.levels}
     npz = ctx.out_dir / "samples.npz"
-    train = ctx.dm.splits["train"]
-    if info.num_classes is None or train.y is None:
+    if info.num_classes is None or ctx.dm.splits["train"].y is None:
         write_npz(npz, x_syn)
         report["classifier"] = f"dataset {info.name} has no labels: samples written, no classifier comparison"
-        md = f"# Augmentation: {ctx.family.name} on {info.name}\n\n{len(x_syn)} samples in `{npz}` (no labels)."
-        write_report(ctx.out_dir, "augment", report, md)
+        write_report(ctx.out_dir, "augment", report, _unlabelled_markdown(report, npz))
         report["summary"] = [f"{len(x_syn)} samples written to {npz} ({report['classifier']})"]
         return report
+    report.update(label_and_compare(ctx, cfg, x_syn, npz))
+    _, md_path = write_report(ctx.out_dir, "augment", report, _markdown(report, cfg.classifier_steps))
+    report["summary"] = _summary(report, md_path)
+    return report
 
+
+def real_data(ctx: TaskContext, cfg: Config) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x_real, y_real, x_test, y_test)``: ``n_real`` labelled train images (a random subset, its
+    own seed stream) and the whole test split, as discrete images and integer labels."""
+    from genlab.metrics.quality import discrete
+
+    train, test = ctx.dm.splits["train"], ctx.dm.splits["test"]
     g = torch.Generator().manual_seed(stream_seed(cfg.seed, "real_subset"))
     x_train, y_train = discrete(train), train.y.long()
     idx = torch.randperm(len(x_train), generator=g)[: cfg.n_real or len(x_train)]
-    x_real, y_real = x_train[idx], y_train[idx]
-    test = ctx.dm.splits["test"]
-    x_test, y_test = discrete(test), test.y.long()
-    ccfg = ClassifierConfig(epochs=1, min_steps=cfg.classifier_steps, seed=cfg.seed)
+    return x_train[idx], y_train[idx], discrete(test), test.y.long()
 
-    def fit(x: Tensor, y: Tensor) -> tuple[FeatureClassifier, float, float]:
+
+@dataclass
+class ClassifierScorer:
+    """Trains a fresh :class:`~genlab.metrics.quality.FeatureClassifier` (the same architecture and
+    number of steps every time) on given images and scores it on the test images."""
+
+    info: DataInfo
+    ccfg: ClassifierConfig
+    x_test: Tensor
+    y_test: Tensor
+
+    def fit(self, x: Tensor, y: Tensor) -> tuple[FeatureClassifier, dict[str, float]]:
+        """The trained classifier and ``{n_train, test_accuracy, seconds}``."""
+        from genlab.metrics.quality import FeatureClassifier, accuracy, fit_classifier
+
+        info, ccfg = self.info, self.ccfg
         clf = FeatureClassifier(info.shape, info.levels, info.num_classes, ccfg.width, ccfg.feature_dim)
         seconds = fit_classifier(clf, x, y, ccfg)
-        return clf, accuracy(clf, x_test, y_test), seconds
+        return clf, {"n_train": len(x), "test_accuracy": accuracy(clf, self.x_test, self.y_test), "seconds": seconds}
 
-    clf_real, acc_real, sec_real = fit(x_real, y_real)
+
+def pseudo_label(clf: FeatureClassifier, x: Tensor, batch: int = 1000) -> tuple[Tensor, Tensor]:
+    """``(confidence, label)`` of every image by ``clf``: ``max_k p(k | x)`` and ``argmax_k p(k | x)``."""
     with torch.no_grad():
-        probs = torch.cat([torch.softmax(clf_real(x_syn[i:i + 1000]), -1) for i in range(0, len(x_syn), 1000)])
-    conf, y_syn = probs.max(-1)
+        probs = torch.cat([torch.softmax(clf(x[i:i + batch]), -1) for i in range(0, len(x), batch)])
+    return probs.max(-1)
+
+
+def label_and_compare(ctx: TaskContext, cfg: Config, x_syn: Tensor, npz: Path) -> dict:
+    """Label the samples ``x_syn`` with the ``real`` classifier, write them with their labels and
+    confidences to ``npz``, train the ``real+synthetic`` and ``synthetic`` classifiers on the kept
+    ones (if any) and save up to 32 kept samples to ``augment.png``; returns the report's entries."""
+    from genlab.metrics.quality import ClassifierConfig
+
+    info = ctx.info
+    x_real, y_real, x_test, y_test = real_data(ctx, cfg)
+    scorer = ClassifierScorer(info, ClassifierConfig(epochs=1, min_steps=cfg.classifier_steps, seed=cfg.seed),
+                              x_test, y_test)
+    clf_real, scores_real = scorer.fit(x_real, y_real)
+    conf, y_syn = pseudo_label(clf_real, x_syn)
     keep = conf >= cfg.min_confidence
     write_npz(npz, x_syn, y_syn, conf)
-    results = {"real": {"n_train": len(x_real), "test_accuracy": acc_real, "seconds": sec_real}}
+    results = {"real": scores_real}
     if keep.sum() >= 1:
-        _, acc_aug, sec_aug = fit(torch.cat([x_real, x_syn[keep]]), torch.cat([y_real, y_syn[keep]]))
-        _, acc_syn, sec_syn = fit(x_syn[keep], y_syn[keep])
-        results["real+synthetic"] = {"n_train": len(x_real) + int(keep.sum()), "test_accuracy": acc_aug,
-                                     "seconds": sec_aug}
-        results["synthetic"] = {"n_train": int(keep.sum()), "test_accuracy": acc_syn, "seconds": sec_syn}
+        results["real+synthetic"] = scorer.fit(torch.cat([x_real, x_syn[keep]]), torch.cat([y_real, y_syn[keep]]))[1]
+        results["synthetic"] = scorer.fit(x_syn[keep], y_syn[keep])[1]
     hist = torch.bincount(y_syn[keep], minlength=info.num_classes).tolist()
-    shown = x_syn[keep][:32] if keep.any() else x_syn[:32]
-    png = save_rows([shown[i:i + 16] for i in range(0, len(shown), 16) if len(shown[i:i + 16]) == 16] or [shown],
-                    info.levels, ctx.out_dir / "augment.png")
-    report.update({
+    png = _save_kept(x_syn[keep] if keep.any() else x_syn, info.levels, ctx.out_dir / "augment.png")
+    return {
         "n_real": len(x_real), "min_confidence": cfg.min_confidence, "kept": int(keep.sum()),
         "kept_class_hist": hist, "n_test": len(x_test), "classifiers": results,
         "files": {"npz": str(npz), "png": str(png)},
         "train_command": f"genlab-train dataset=array dataset.path={npz} dataset.levels={info.levels}",
-    })
-    rows = [f"| {k} | {v['n_train']} | {100 * v['test_accuracy']:.2f}% |" for k, v in results.items()]
-    md = "\n".join([
-        f"# Augmentation: {ctx.family.name} on {info.name}", "",
-        f"checkpoint: `{ctx.ckpt}`; {len(x_syn)} samples in `{npz}`; {int(keep.sum())} kept with pseudo-label "
-        f"confidence >= {cfg.min_confidence} (labeller: the `real` classifier); kept per class: {hist}", "",
-        f"Test accuracy on {len(x_test)} test images (same classifier, {cfg.classifier_steps} steps each):", "",
-        "| training data | images | test accuracy |", "|---|---|---|", *rows, "",
-        "![kept samples](augment.png)", "", f"Train on the samples: `{report['train_command']}`",
+    }
+
+
+def _save_kept(x: Tensor, levels: int, path: Path) -> Path:
+    """The first 32 images of ``x`` as rows of 16 (one short row if there are fewer than 16)."""
+    shown = x[:32]
+    return save_rows([shown[i:i + 16] for i in range(0, len(shown), 16) if len(shown[i:i + 16]) == 16] or [shown],
+                     levels, path)
+
+
+# -- the report -----------------------------------------------------------------------------------
+def _unlabelled_markdown(r: dict, npz: Path) -> str:
+    """The report of data without labels: where the samples are."""
+    return f"# Augmentation: {r['family']} on {r['dataset']}\n\n{r['n_synthetic']} samples in `{npz}` (no labels)."
+
+
+def _rows(r: dict) -> list[str]:
+    """One table row per classifier: training data, images, test accuracy."""
+    return [f"| {k} | {v['n_train']} | {100 * v['test_accuracy']:.2f}% |" for k, v in r["classifiers"].items()]
+
+
+def _markdown(r: dict, classifier_steps: int) -> str:
+    """The report: the samples, how many were kept, and the three classifiers' test accuracies."""
+    return "\n".join([
+        f"# Augmentation: {r['family']} on {r['dataset']}", "",
+        f"checkpoint: `{r['checkpoint']}`; {r['n_synthetic']} samples in `{r['files']['npz']}`; {r['kept']} kept "
+        f"with pseudo-label confidence >= {r['min_confidence']} (labeller: the `real` classifier); kept per class: "
+        f"{r['kept_class_hist']}", "",
+        f"Test accuracy on {r['n_test']} test images (same classifier, {classifier_steps} steps each):", "",
+        "| training data | images | test accuracy |", "|---|---|---|", *_rows(r), "",
+        "![kept samples](augment.png)", "", f"Train on the samples: `{r['train_command']}`",
     ])
-    _, md_path = write_report(ctx.out_dir, "augment", report, md)
-    report["summary"] = [f"{len(x_syn)} samples -> {npz} ({int(keep.sum())} confidently labelled)",
-                         *[f"  {r}" for r in rows], f"report: {md_path}"]
-    return report
+
+
+def _summary(r: dict, md_path: Path) -> list[str]:
+    """The lines printed at the end: the samples, the classifiers' table rows, the report's path."""
+    return [f"{r['n_synthetic']} samples -> {r['files']['npz']} ({r['kept']} confidently labelled)",
+            *[f"  {row}" for row in _rows(r)], f"report: {md_path}"]

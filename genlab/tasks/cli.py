@@ -69,7 +69,12 @@ def run_task(name: str, args: list[str]) -> dict[str, Any]:
     cfg = parse(name, args)
     _, fn = TASKS[name].load()
     ctx = load_context(name, cfg)
-    report = fn(ctx, cfg)
+    try:
+        report = fn(ctx, cfg)
+    except TaskError:
+        raise
+    except ValueError as e:  # a family refusing an option value (e.g. steps outside 1..T)
+        raise TaskError(f"task '{name}' cannot run with these options: {e}") from e
     report.setdefault("out_dir", str(ctx.out_dir))
     return report
 

@@ -56,10 +56,14 @@ class GuideNet(nn.Module):
     """A frozen copy of the denoiser: every weight is a *buffer* (not trained, not counted as a
     parameter, saved in checkpoints), and ``taken_at`` is the training step at which the weights
     were copied (-1: not yet; a float so that weight averaging, which also averages buffers,
-    keeps it exactly: the average of a constant is that constant)."""
+    keeps it exactly: the average of a constant is that constant). ``at``: the share of training
+    after which :class:`~genlab.families.diffusion.callbacks.GuideSnapshot` takes it (``model.guidance.at``;
+    None: lent from elsewhere, never taken in training); ``warned``: whether sampling before the
+    snapshot has been warned about (once per guide)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, at: float | None = None) -> None:
         super().__init__()
+        self.at, self.warned = at, False
         self.net = copy.deepcopy(net)
         for module in self.net.modules():
             for name, p in list(module._parameters.items()):

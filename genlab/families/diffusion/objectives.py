@@ -19,20 +19,17 @@ not the bound's definition (the NLL is evaluated as ever). ``None``: the plain M
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from genlab.families.base import LossOutput
+from genlab.families.diffusion.model import DiffusionModel
 from genlab.metrics.likelihood import LN2
-
-if TYPE_CHECKING:
-    from genlab.families.diffusion.family import Diffusion
 
 
 class DiffusionObjective:
-    """Base class of diffusion objectives: ``objective(family, nets, x0) -> LossOutput``.
+    """Base class of diffusion objectives: ``objective(model, x0) -> LossOutput`` for the denoiser
+    ``model`` (:class:`~genlab.families.diffusion.model.DiffusionModel`, on the training chain).
 
     ``x0`` is the data scaled to ``[-1, 1]``. :attr:`learns_variance` tells the family to give the
     network a second output block for the reverse variances.
@@ -47,26 +44,26 @@ class DiffusionObjective:
                              f"got {min_snr_gamma}")
         self.min_snr_gamma = min_snr_gamma
 
-    def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
+    def __call__(self, model: DiffusionModel, x0: Tensor) -> LossOutput:
         raise NotImplementedError
 
     @staticmethod
-    def noisy_batch(family: Diffusion, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def noisy_batch(model: DiffusionModel, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``t ~ U{0..T-1}``, ``eps ~ N(0, I)`` and ``x_t = q_sample(x0, t, eps)``, per example."""
-        t = torch.randint(0, family.process.T, (x0.shape[0],), device=x0.device)
+        t = torch.randint(0, model.process.T, (x0.shape[0],), device=x0.device)
         eps = torch.randn_like(x0)
-        return t, eps, family.process.q_sample(x0, t, eps)
+        return t, eps, model.process.q_sample(x0, t, eps)
 
-    def mse(self, family: Diffusion, t: Tensor, x0: Tensor, eps: Tensor, mean_out: Tensor) -> Tensor:
+    def mse(self, model: DiffusionModel, t: Tensor, x0: Tensor, eps: Tensor, mean_out: Tensor) -> Tensor:
         """Per-example mean squared error of the prediction's target, ``(B,)``; Min-SNR weighted
         (``min(SNR, gamma) / k(SNR)``, :meth:`Prediction.x0_mse_factor`) when ``min_snr_gamma`` is set."""
-        target = family.prediction.target(family.process, t, x0, eps)
+        target = model.prediction.target(model.process, t, x0, eps)
         mse = (mean_out - target).pow(2).flatten(1).mean(1)
         if self.min_snr_gamma is None:
             return mse
-        ab = family.process.at("alpha_bar", t, mse)  # (B,), cached on mse's device and dtype
+        ab = model.process.at("alpha_bar", t, mse)  # (B,), cached on mse's device and dtype
         snr = ab / (1 - ab)
-        return mse * snr.clamp(max=self.min_snr_gamma) / family.prediction.x0_mse_factor(snr)
+        return mse * snr.clamp(max=self.min_snr_gamma) / model.prediction.x0_mse_factor(snr)
 
 
 class SimpleLoss(DiffusionObjective):
@@ -76,10 +73,10 @@ class SimpleLoss(DiffusionObjective):
         min_snr_gamma: Min-SNR-gamma weighting (module docstring); None: the plain MSE.
     """
 
-    def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
-        t, eps, x_t = self.noisy_batch(family, x0)
-        mean_out, _ = family.split_output(family.net_output(nets, family.process, x_t, t))
-        mse = self.mse(family, t, x0, eps, mean_out).mean()
+    def __call__(self, model: DiffusionModel, x0: Tensor) -> LossOutput:
+        t, eps, x_t = self.noisy_batch(model, x0)
+        mean_out, _ = model.split(model.output(x_t, t))
+        mse = self.mse(model, t, x0, eps, mean_out).mean()
         return LossOutput(mse, {"mse": mse.detach()})
 
 
@@ -99,13 +96,12 @@ class HybridLoss(DiffusionObjective):
             raise ValueError(f"vlb_weight must be >= 0, got {vlb_weight}")
         self.vlb_weight = vlb_weight
 
-    def __call__(self, family: Diffusion, nets: nn.ModuleDict, x0: Tensor) -> LossOutput:
-        t, eps, x_t = self.noisy_batch(family, x0)
-        out = family.net_output(nets, family.process, x_t, t)
-        mean_out, var_out = family.split_output(out)
-        mse = self.mse(family, t, x0, eps, mean_out).mean()
+    def __call__(self, model: DiffusionModel, x0: Tensor) -> LossOutput:
+        t, eps, x_t = self.noisy_batch(model, x0)
+        mean_out, var_out = model.split(model.output(x_t, t))
+        mse = self.mse(model, t, x0, eps, mean_out).mean()
         frozen = torch.cat([mean_out.detach(), var_out], dim=1)  # stop-gradient on the mean (Sec. 3.1)
-        term = family.vb_term(family.process, x0, x_t, t, frozen)  # L_t in nats, (B,)
-        vlb_bpd = family.process.T * term.mean() / (family.info.dims * LN2)  # one-sample estimate of sum_t L_t
+        term = model.vb_term(x0, x_t, t, frozen)  # L_t in nats, (B,)
+        vlb_bpd = model.process.T * term.mean() / (x0[0].numel() * LN2)  # one-sample estimate of sum_t L_t
         loss = mse + self.vlb_weight * vlb_bpd
         return LossOutput(loss, {"mse": mse.detach(), "vlb_bpd": vlb_bpd.detach()})

@@ -86,6 +86,11 @@ class GaussianDiffusion:
         """``x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps`` (reparametrised Eq. 4)."""
         return self.at("sqrt_ab", t, x0) * x0 + self.at("sqrt_1m_ab", t, x0) * noise
 
+    def q_step(self, x_prev: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """One forward step ``x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps`` (Ho et al. Eq. 2)."""
+        beta = self.at("betas", t, x_prev)
+        return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
+
     def q_posterior(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean ``mu~_t`` and variance ``beta~_t`` of ``q(x_{t-1} | x_t, x0)`` (Ho et al. Eq. 6-7)."""
         mean = self.at("post_coef_x0", t, x0) * x0 + self.at("post_coef_xt", t, x0) * x_t

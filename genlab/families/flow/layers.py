@@ -349,6 +349,45 @@ class MultiScaleFlow(nn.Module):
         return h
 
 
+def _checkerboard_steps(channels: int, coupling_net: NetFactory, steps: int, actnorm: bool) -> list[FlowLayer]:
+    """RealNVP's steps before a squeeze: ``steps`` x [ActNorm, checkerboard coupling], the
+    checkerboard's parity alternating ``0, 1, 0, ...``."""
+    layers: list[FlowLayer] = []
+    for k in range(steps):
+        layers += [ActNorm(channels)] if actnorm else []
+        layers.append(CheckerboardCoupling(channels, coupling_net, parity=k % 2))
+    return layers
+
+
+def _glow_steps(
+    channels: int, coupling_net: NetFactory, steps: int, actnorm: bool, mixing: Callable[..., FlowLayer] | None,
+) -> list[FlowLayer]:
+    """Glow's steps of flow after a squeeze: ``steps`` x [ActNorm, ``mixing(channels=C)``, channel
+    coupling], the coupled half flipping every other step."""
+    layers: list[FlowLayer] = []
+    for k in range(steps):
+        layers += [ActNorm(channels)] if actnorm else []
+        layers += [mixing(channels=channels)] if mixing is not None else []
+        layers.append(ChannelCoupling(channels, coupling_net, flip=k % 2 == 1))
+    return layers
+
+
+def _factor_out(
+    shape: tuple[int, int, int], last: bool, learn_prior: bool,
+) -> tuple[list[FlowLayer], tuple[int, int, int], int]:
+    """The end of a scale on ``shape = (C, H, W)``: ``(prior layers, latent shape, channels kept)``.
+
+    Every scale but the last factors out ``C - floor(C/2)`` channels as a latent (behind a
+    :class:`SplitPrior` if ``learn_prior``) and keeps ``floor(C/2)``; the last one's whole output
+    is the latent (behind a :class:`TopPrior` if ``learn_prior``) and keeps nothing.
+    """
+    c, h, w = shape
+    if last:
+        return ([TopPrior(shape)] if learn_prior else []), shape, 0
+    keep = c // 2
+    return ([SplitPrior(c, keep)] if learn_prior else []), (c - keep, h, w), keep
+
+
 def build_multiscale_flow(
     shape: Sequence[int],
     coupling_net: NetFactory,
@@ -362,34 +401,23 @@ def build_multiscale_flow(
 ) -> MultiScaleFlow:
     """Assemble a RealNVP / Glow multi-scale flow for images of ``shape = (C, H, W)``.
 
-    Each scale: ``checkerboard_steps`` x [ActNorm, checkerboard coupling] (RealNVP), a squeeze,
-    ``steps_per_scale`` x [ActNorm, ``mixing(channels=C)`` (e.g. :class:`InvConv1x1`), channel
-    coupling] (Glow's step of flow), then a :class:`SplitPrior` (if ``learn_prior``) and the
-    factor-out of half the channels. The last scale ends with a :class:`TopPrior` instead.
-    ``preprocess`` (e.g. :class:`Logit`) is prepended. ``H`` and ``W`` must be divisible by
-    ``2 ** num_scales``.
+    Each scale: ``checkerboard_steps`` x [ActNorm, checkerboard coupling] (RealNVP), a squeeze
+    (``(C, H, W) -> (4C, H/2, W/2)``), ``steps_per_scale`` x [ActNorm, ``mixing(channels=C)`` (e.g.
+    :class:`InvConv1x1`), channel coupling] (Glow's step of flow), then a :class:`SplitPrior` (if
+    ``learn_prior``) and the factor-out of half the channels. The last scale ends with a
+    :class:`TopPrior` instead. ``preprocess`` (e.g. :class:`Logit`) is prepended. ``H`` and ``W``
+    must be divisible by ``2 ** num_scales``.
     """
     c, h, w = shape
     scales: list[list[FlowLayer]] = []
     latent_shapes: list[tuple[int, int, int]] = []
     for i in range(num_scales):
         layers: list[FlowLayer] = [preprocess] if (i == 0 and preprocess is not None) else []
-        for k in range(checkerboard_steps):
-            layers += [ActNorm(c)] if actnorm else []
-            layers.append(CheckerboardCoupling(c, coupling_net, parity=k % 2))
+        layers += _checkerboard_steps(c, coupling_net, checkerboard_steps, actnorm)
         layers.append(Squeeze())
         c, h, w = 4 * c, h // 2, w // 2
-        for k in range(steps_per_scale):
-            layers += [ActNorm(c)] if actnorm else []
-            layers += [mixing(channels=c)] if mixing is not None else []
-            layers.append(ChannelCoupling(c, coupling_net, flip=k % 2 == 1))
-        if i < num_scales - 1:
-            keep = c // 2
-            layers += [SplitPrior(c, keep)] if learn_prior else []
-            latent_shapes.append((c - keep, h, w))
-            c = keep
-        else:
-            layers += [TopPrior((c, h, w))] if learn_prior else []
-            latent_shapes.append((c, h, w))
-        scales.append(layers)
+        layers += _glow_steps(c, coupling_net, steps_per_scale, actnorm, mixing)
+        priors, latent, c = _factor_out((c, h, w), i == num_scales - 1, learn_prior)
+        scales.append(layers + priors)
+        latent_shapes.append(latent)
     return MultiScaleFlow(scales, latent_shapes)
