@@ -74,8 +74,10 @@ def uniform_log_likelihood(x: Tensor, levels: int) -> Tensor:
 
 def uniform_dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None) -> Tensor:
     """Map discrete ``x in {0..L-1}`` to ``y = (x + u) / L in [0, 1)``, ``u ~ U[0,1)``."""
+    from genlab.data.scaling import BinScale
+
     u = torch.rand(x.shape, generator=generator, device=x.device)
-    return (x.float() + u) / levels
+    return BinScale(levels, 0.0, 1.0).dequantize(x.float(), u)
 
 
 def continuous_to_discrete(log_density: Tensor, dims: int, bin_width: float) -> Tensor:

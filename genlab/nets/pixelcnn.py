@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.data.scaling import GridScale
 from genlab.nets.ar import ARNet
 
 
@@ -165,8 +166,8 @@ class GatedPixelCNN(ARNet):
         self.vertical_reach = k0 // 2 + (layers - 1) * (kernel_size // 2)  # input rows above a v output
 
     def _scale(self, x: Tensor) -> Tensor:
-        """Discrete ``x`` -> ``[-1, 1]`` in the weights' dtype."""
-        return x.to(self.head[-1].weight.dtype) * (2.0 / (self.levels - 1)) - 1.0
+        """Discrete ``x`` -> the grid points of ``[-1, 1]`` in the weights' dtype."""
+        return GridScale(self.levels).to_model(x, self.head[-1].weight.dtype)
 
     def _vertical(self, z: Tensor) -> list[Tensor]:
         """Every layer's link into the horizontal stack, ``(B, 2n, H, W)`` each."""

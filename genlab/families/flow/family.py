@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab.data.base import DataInfo, check_discrete
-from genlab.data.scaling import BinScale
+from genlab.data.scaling import BinScale, GridScale
 from genlab.families.base import Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
 from genlab.families.flow.layers import Center, FlowLayer, Logit, MultiScaleFlow, build_multiscale_flow
 from genlab.families.flow.objectives import Dequantization, UniformDequantization
@@ -176,7 +176,7 @@ class Flow(Family, Likelihood, Encoder):
         info, xf = nets.info, x.to(self._dtype(nets))
         bins = BinScale(info.levels, 0.0, 1.0)
         dequantizer = nets["dequantizer"] if "dequantizer" in nets else None
-        u, log_q = self.objective(dequantizer, xf * (2 / (info.levels - 1)) - 1)  # the grid points of [-1, 1]
+        u, log_q = self.objective(dequantizer, GridScale(info.levels).to_model(xf, xf.dtype))  # grid points of [-1, 1]
         log_py = self.log_density(nets, bins.dequantize(xf, u))
         return continuous_to_discrete(log_py, info.dims, bins.width) - log_q
 
