@@ -15,7 +15,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import genlab.runs  # noqa: F401  (registers the ${genlab_run_id:} resolver of configs/train.yaml)
@@ -168,6 +168,20 @@ def wandb_identity(cfg: DictConfig, lg: DictConfig, module: Any) -> dict[str, An
     return {"group": lg.get("group") or sweep_group(), "tags": tags}
 
 
+def upgraded(cfg: DictConfig) -> DictConfig:
+    """A stored run config with its ``model`` node as this version's family builds it
+    (:meth:`Family.upgrade_config`, e.g. options that moved into ``model.sampler``)."""
+    target = cfg.get("model", {}).get("_target_") if isinstance(cfg.get("model"), DictConfig) else None
+    if target:
+        try:
+            cls = get_class(target)
+        except (ImportError, AttributeError, ValueError):  # reported where the family is built
+            return cfg
+        if isinstance(cls, type) and issubclass(cls, Family):
+            cfg.model = OmegaConf.create(cls.upgrade_config(OmegaConf.to_container(cfg.model)))
+    return cfg
+
+
 def load_run(ckpt_path: str, map_location: str = "cpu", overrides: list[str] | None = None) -> tuple[Any, Any]:
     """Rebuild a trained run from a checkpoint alone: ``(module, datamodule)``.
 
@@ -180,7 +194,7 @@ def load_run(ckpt_path: str, map_location: str = "cpu", overrides: list[str] | N
     from genlab.module import GenerativeModule
 
     ckpt = read_checkpoint(ckpt_path, map_location=map_location)
-    cfg = OmegaConf.create(ckpt.get("genlab_config") or {})
+    cfg = upgraded(OmegaConf.create(ckpt.get("genlab_config") or {}))
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     if "model" not in cfg:

@@ -9,10 +9,10 @@ is run separately on the ``.pt`` file written here.
 
 Runs ``genlab-train experiment=gan_mnist``, rebuilds the run from its last checkpoint
 (:func:`genlab.builders.load_run`), draws ``--num-samples`` images from the generator EMA (refined by the
-discriminator where ``model.refine`` is set and Jacobian-truncated where ``model.jacobian_truncation`` is,
+discriminator where ``model.sampler.refine`` is set and Jacobian-truncated where ``model.sampler.jacobian_truncation`` is,
 as in the experiment) with a fixed seed and writes ``<run>/bench_samples.png`` (a grid of the first 100) and
 ``<run>/bench_samples.pt`` (uint8 ``(N, 1, 28, 28)``), then prints one markdown table row.
-With discriminator rejection sampling on (``model.rejection_sampling=true``), also
+With discriminator rejection sampling on (``model.sampler.rejection={}``), also
 ``<run>/bench_samples_drs.{png,pt}``: the same number of samples through the calibrated
 discriminator (Azadi et al. 2019), and a second row.
 """
@@ -34,7 +34,7 @@ from genlab.callbacks.samples import image_grid
 
 def sample_from_checkpoint(ckpt: str, n: int, seed: int, out: Path) -> list[tuple[str, Path, Path, float]]:
     """Draw ``n`` samples from the run in ``ckpt``; write the PNG grid and the ``.pt``. A run
-    with discriminator rejection sampling (``model.rejection_sampling=true``, calibrated) gets
+    with discriminator rejection sampling (``model.sampler.rejection={}``, calibrated) gets
     both: plain generator samples at ``out`` and rejection samples at ``out`` + ``_drs``.
     Returns ``(kind, png, pt, images per second)`` for each."""
     module, datamodule = load_run(ckpt)
@@ -56,11 +56,11 @@ def sample_from_checkpoint(ckpt: str, n: int, seed: int, out: Path) -> list[tupl
 
 
 def sampler_label(kind: str, results: dict) -> str:
-    """What drew the samples: the generator EMA, refined (``model.refine``), Jacobian-truncated
-    (``model.jacobian_truncation``) and / or rejection-sampled."""
-    model = results["config"]["model"]
-    label = "generator EMA" + (", latent refinement" if model.get("refine") else "")
-    label += ", Jacobian truncation" if model.get("jacobian_truncation") else ""
+    """What drew the samples: the generator EMA, refined (``model.sampler.refine``), Jacobian-truncated
+    (``model.sampler.jacobian_truncation``) and / or rejection-sampled."""
+    sampler = results["config"]["model"].get("sampler") or {}
+    label = "generator EMA" + (", latent refinement" if sampler.get("refine") else "")
+    label += ", Jacobian truncation" if sampler.get("jacobian_truncation") else ""
     return label + (", discriminator rejection" if kind == "drs" else "")
 
 

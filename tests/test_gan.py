@@ -207,7 +207,7 @@ def test_rejection_sampling_keeps_the_closed_form_density(bound, mean, acceptanc
 
 
 def test_rejection_sampling_that_accepts_nothing_stops_with_a_clear_error():
-    with pytest.raises(RuntimeError, match="kept 0 of 10 samples after 500 proposals.*rejection_quantile"):
+    with pytest.raises(RuntimeError, match="kept 0 of 10 samples after 500 proposals.*rejection.quantile"):
         rejection_sample(lambda m: (torch.zeros(m), torch.full((m,), -1e4)), 10, 0.0, max_proposals=500)
 
 
@@ -246,7 +246,7 @@ def test_calibration_sets_the_bound_at_the_quantile_and_rejection_recovers_the_r
     assert kept.std().item() == pytest.approx(sd.item(), abs=0.03)
     assert 0.85 < mean.item() < mu  # the cap at the 99% quantile pulls the mean below mu
     assert 20_000 / drawn == pytest.approx(fit["acceptance"], rel=0.05)
-    with pytest.raises(ValueError, match="rejection_quantile must be in"):
+    with pytest.raises(ValueError, match="rejection.quantile must be in"):
         RejectionCalibration(quantile=1.5)
 
 
@@ -255,7 +255,7 @@ def test_rejection_sampling_gan_is_calibrated_at_validation_and_raises_sample_qu
     """Ring of 8: the checkpoint carries the calibration, and the discriminator rejects
     off-mode samples, so the high-quality share of DRS samples beats the plain generator's."""
     results = run(make_cfg("experiment=gan_mixture2d", "callbacks.progress_bar=null",
-                           "model.rejection_sampling=true", "trainer.max_steps=800"))
+                           "model.sampler.rejection={}", "trainer.max_steps=800"))
     module, dm = load_run(results["checkpoints"]["last"])
     cal = module.nets["rejection"]
     assert cal.ready_for(module.nets["discriminator"]) and 0.05 < cal.acceptance.item() < 1 and cal.scale.item() != 0
@@ -306,7 +306,7 @@ def test_infogan_codes_become_the_modes_of_the_ring_of_8(make_cfg):
     code = torch.arange(4000) % 8
     with torch.no_grad():
         y = torch.tanh(gen(torch.cat([z, F.one_hot(code, 8).float()], 1)))
-    nearest = torch.cdist(dm.to_unit(fam.to_data(y)).double(), dm.centers.double()).argmin(1)
+    nearest = torch.cdist(dm.to_unit(fam.to_data(module.nets, y)).double(), dm.centers.double()).argmin(1)
     share = torch.stack([torch.bincount(nearest[code == k], minlength=8).max() for k in range(8)]) / 500.0
     top = {int(torch.bincount(nearest[code == k], minlength=8).argmax()) for k in range(8)}
     assert share.mean() > 0.75 and len(top) >= 6, (share, top)  # without codes: 1/8 per mode and code
@@ -384,7 +384,7 @@ def test_the_mnist_benchmark_experiment_trains_calibrates_and_writes_both_sample
     results = run(make_cfg("experiment=gan_mnist", f"paths.data_dir={fake_data['root']}", "dataset.download=false",
                            "trainer.max_steps=4", "trainer.max_time=null", "model.generator.channels=4",
                            "model.discriminator.channels=4", "callbacks.progress_bar=null", "callbacks.gan_rejection.n=16",
-                           "model.rejection_sampling=true"))
+                           "model.sampler.rejection={}"))
     cfg = results["config"]
     assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["loss"]["_target_"].endswith("Hinge")
     assert results["global_step"] == 4 and results["test"] == {"nll_kind": "none"}

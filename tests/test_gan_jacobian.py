@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from genlab.builders import load_run
+from genlab.families.gan import GAN, GANSampler
 from genlab.families.gan.jacobian import JacobianTruncation
 
 
@@ -70,29 +71,30 @@ def test_truncated_ring_samples_are_more_often_on_a_mode_and_keep_the_modes(trai
     results = trained_run("gan_ring_refine", "experiment=gan_mixture2d", "trainer.max_steps=800")
     plain_module, dm = load_run(results["checkpoints"]["last"])
     truncated, _ = load_run(results["checkpoints"]["last"],
-                            overrides=["model.jacobian_truncation={keep: 0.8, ink_power: 0}"])
+                            overrides=["model.sampler.jacobian_truncation={keep: 0.8, ink_power: 0}"])
     family, nets = truncated.family, truncated.nets
     with pytest.raises(ValueError, match="GAN.draw: 100 samples take 125 latents"):
-        family.draw(nets, family.sampling_generator(nets), 100, torch.device("cpu"), z=torch.randn(100, 2))
+        family.draw(nets, family.sampling_generator(nets), 100, z=torch.randn(100, 2))
     plain = dm.sample_metrics(plain_module.sample(2000, seed=0))
     x = truncated.sample(2000, seed=0)
     assert x.shape == (2000, 2)
     kept = dm.sample_metrics(x)
     assert kept["high_quality"] > plain["high_quality"] + 0.05, (kept, plain)
     assert kept["modes_covered"] >= plain["modes_covered"]
-    family.jacobian_truncation = JacobianTruncation(ink_power=2.0)
-    assert "set model.jacobian_truncation.ink_power=0" in family.check_data(dm.info)
+    inked = GAN(family.generator_factory, family.discriminator_factory,
+                sampler=GANSampler(jacobian_truncation=JacobianTruncation(ink_power=2.0)))
+    assert "set model.sampler.jacobian_truncation.ink_power=0" in inked.check_data(dm.info)
 
 
 def test_truncation_keeps_each_latent_with_its_categorical_code(tiny_infogan):
     """Images with InfoGAN codes: the kept samples are generated from kept rows of the proposals,
     each ``z`` with its own code, in drawing order."""
-    family, nets, generator, inputs = tiny_infogan("model.jacobian_truncation={keep: 0.5, ink_power: 2}")
+    family, nets, generator, inputs = tiny_infogan("model.sampler.jacobian_truncation={keep: 0.5, ink_power: 2}")
     torch.manual_seed(0)
     z0 = torch.randn(16, family.latent_dim)
-    x = family.draw(nets, generator, 8, z0.device, z=z0)
+    x = family.draw(nets, generator, 8, z=z0)
     proposals, final = inputs[0], inputs[-1]  # the scoring pass over all 16, the final draw of the kept 8
-    assert x.shape == (8, *family.info.shape) and proposals.shape[0] == 16 and final.shape[0] == 8
+    assert x.shape == (8, *nets.info.shape) and proposals.shape[0] == 16 and final.shape[0] == 8
     assert torch.equal(proposals[:, : family.latent_dim], z0)
     rows = [int(torch.nonzero((proposals == r).all(1))[0]) for r in final]  # each kept (z, code) is a proposal
     assert rows == sorted(rows) and len(set(rows)) == 8

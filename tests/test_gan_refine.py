@@ -8,7 +8,7 @@ import torch
 from genlab.builders import load_run
 from genlab.families.gan.refine import LatentRefinement
 
-REFINE = "model.refine={steps: 20, lr: 0.05, penalty: 1.0}"
+REFINE = "model.sampler.refine={steps: 20, lr: 0.05, penalty: 1.0}"
 
 
 @pytest.mark.parametrize("distance,penalty", [(3.0, 1.0), (0.5, 1.0), (2.0, 0.0), (4.0, 2.5)])
@@ -48,7 +48,8 @@ def test_refined_ring_samples_are_more_often_on_a_mode_and_keep_the_modes(traine
     results = trained_run("gan_ring_refine", "experiment=gan_mixture2d", "trainer.max_steps=800")
     plain_module, dm = load_run(results["checkpoints"]["last"])
     refined_module, _ = load_run(results["checkpoints"]["last"], overrides=[REFINE])
-    assert plain_module.family.refine is None and refined_module.family.refine == LatentRefinement(20, 0.05, 1.0)
+    assert plain_module.family.sampler.refine is None
+    assert refined_module.family.sampler.refine == LatentRefinement(20, 0.05, 1.0)
     plain = dm.sample_metrics(plain_module.sample(2000, seed=0))
     refined = dm.sample_metrics(refined_module.sample(2000, seed=0))
     assert refined["high_quality"] > plain["high_quality"] + 0.03, (refined, plain)
@@ -60,12 +61,12 @@ def test_refinement_keeps_the_categorical_codes_and_raises_the_discriminator_sco
     the discriminator rates the refined samples higher, and sampling leaves no gradients."""
     # plain ascent (penalty 0): this barely trained discriminator's slope in z is far below 1, so with
     # penalty 1 the optimum is z0 itself (the closed-form test above)
-    family, nets, generator, inputs = tiny_infogan("model.refine={steps: 20, lr: 0.05, penalty: 0}")
+    family, nets, generator, inputs = tiny_infogan("model.sampler.refine={steps: 20, lr: 0.05, penalty: 0}")
     for p in nets.parameters():
         p.grad = None
     torch.manual_seed(0)
     z0 = torch.randn(16, family.latent_dim)
-    refined = family.draw(nets, generator, 16, z0.device, z=z0)
+    refined = family.draw(nets, generator, 16, z=z0)
     codes = [x[:, family.latent_dim:] for x in inputs]
     assert len(inputs) == 21 and all(torch.equal(c, codes[0]) for c in codes)  # 20 steps + the final draw
     assert codes[0].sum(1).eq(1).all()  # one-hot

@@ -112,6 +112,11 @@ class Family:
         self.objective = objective
 
     # -- compatibility (checked before anything is trained) -----------------------------
+    @classmethod
+    def upgrade_config(cls, model: Mapping[str, Any]) -> dict[str, Any]:
+        """A ``model`` config stored by an older version, as this version builds it; unchanged by default."""
+        return dict(model)
+
     def likelihood_kind(self, info: DataInfo) -> NLLKind:
         """The kind of :meth:`log_likelihood` on ``info``'s data (``none``: it returns None)."""
         return self.nll_kind if isinstance(self, Likelihood) else "none"

@@ -1,9 +1,17 @@
-"""Sample-quality metrics during validation (e.g. mode coverage on ``dataset=mixture2d``)."""
+"""GAN callbacks: sample-quality metrics during validation (e.g. mode coverage on ``dataset=mixture2d``)
+and the calibration of discriminator rejection sampling."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import lightning as L
 import torch
+
+from genlab.families.gan.family import GAN
+
+if TYPE_CHECKING:
+    from genlab.module import GenerativeModule
 
 
 class SampleMetrics(L.Callback):
@@ -38,39 +46,42 @@ def calibration_images(dm, n: int = 1000, seed: int = 8765) -> torch.Tensor:
 
 
 class RejectionCalibrator(L.Callback):
-    """Calibrates a GAN's discriminator rejection sampler (``model.rejection_sampling=true``)
-    whenever samples or a checkpoint may follow a change of the discriminator: at the start of
-    every validation (so the validation's samples and the checkpoints written after it use a
-    calibration for the current discriminator), at the end of every training epoch (checkpoints
-    written there) and at the end of training. ``n`` validation images against ``n`` samples of
-    the sampling generator (:meth:`GAN.calibrate_rejection`); skipped while the calibration is
-    still for the current weights. Logs ``val/drs_acceptance`` (the expected share of proposals
-    kept). Does nothing for other families or with rejection sampling off, so it sits in the
-    default callbacks."""
+    """Calibrates a GAN's discriminator rejection sampler (``model.sampler.rejection``; the
+    calibration is ``nets["rejection"]``) whenever samples or a checkpoint may follow a change of
+    the discriminator: at the start of every validation (so the validation's samples and the
+    checkpoints written after it use a calibration for the current discriminator), at the end of
+    every training epoch (checkpoints written there) and at the end of training. ``n`` validation
+    images against ``n`` draws of the configured sampler's steps before rejection
+    (:meth:`GAN.calibrate_rejection`); skipped while the calibration is still for the current
+    weights and proposals. Logs ``val/drs_acceptance`` (the expected share of proposals kept).
+    Does nothing for other families or without a rejection step (the GAN model configs add it as
+    ``callbacks.gan_rejection``)."""
 
     def __init__(self, n: int = 1000, seed: int = 8765) -> None:
         self.n, self.seed = n, seed
         self.images: torch.Tensor | None = None  # the calibration images, selected once
 
-    def _calibrate(self, trainer: L.Trainer, pl_module: L.LightningModule, log: bool = False) -> None:
-        nets, dm = getattr(pl_module, "nets", None), trainer.datamodule
-        if trainer.sanity_checking or nets is None or "rejection" not in nets or dm is None:
+    def _calibrate(self, trainer: L.Trainer, pl_module: GenerativeModule, log: bool = False) -> None:
+        family, dm = pl_module.family, trainer.datamodule
+        if trainer.sanity_checking or not isinstance(family, GAN) or family.sampler.rejection is None or dm is None:
             return
+        nets = pl_module.nets
         rejection = nets["rejection"]
-        if not rejection.ready_for(nets["discriminator"]):
+        if not rejection.ready_for(nets["discriminator"], family.sampler.proposal_key()):
             if self.images is None:
                 self.images = calibration_images(dm, self.n, self.seed).to(pl_module.device)
             with pl_module.inference(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                pl_module.family.calibrate_rejection(nets, self.images)
+                family.calibrate_rejection(nets, self.images)
         if log:
-            pl_module.log("val/drs_acceptance", rejection.acceptance.float(), sync_dist=False)
+            _, acceptance = rejection.bound_for(family.sampler.rejection.quantile)
+            pl_module.log("val/drs_acceptance", float(acceptance), sync_dist=False)
 
-    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: GenerativeModule) -> None:
         self._calibrate(trainer, pl_module, log=True)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: GenerativeModule) -> None:
         self._calibrate(trainer, pl_module)
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: GenerativeModule) -> None:
         self._calibrate(trainer, pl_module)

@@ -9,21 +9,19 @@ Contract: :meth:`GAN.param_groups` returns one optimizer per player (``generator
 and betas, TTUR: Heusel et al. 2017), :meth:`GAN.schedule` is ``n_critic`` discriminator steps
 then one generator step, and ``loss(nets, batch, group=...)`` returns that player's loss.
 
-Data mapping: discrete ``x in {0..L-1}^D`` -> ``y = 2 (x + u) / L - 1`` with ``u ~ U[0, 1)``
-(uniform dequantisation, so real and generated data are both continuous) or, without it,
-the bin centres ``u = 1/2``; samples map back by ``x = floor((y + 1) L / 2)`` (the bin of ``y``).
+Data mapping (:class:`genlab.data.scaling.BinScale` on ``[-1, 1]``): discrete ``x in {0..L-1}^D`` ->
+``y = 2 (x + u) / L - 1`` with ``u ~ U[0, 1)`` (uniform dequantisation, so real and generated data
+are both continuous) or, without it, the bin centres ``u = 1/2``; samples map back by
+``x = floor((y + 1) L / 2)`` (the bin of ``y``).
 
 Sampling uses an exponential moving average of the generator's weights (Karras et al. 2018;
-Yazici et al. 2019), ``nets["generator_ema"]``, updated at every generator step.
-Optionally (``rejection_sampling``), samples pass through discriminator rejection sampling
-(Azadi et al. 2019; :mod:`genlab.families.gan.rejection`), calibrated on held-out real images at
-every validation by :class:`genlab.families.gan.callbacks.RejectionCalibrator`.
-Optionally (``refine``), each sample's latent is first moved a few Adam steps up the
-discriminator's score, held near its start by a distance penalty (discriminator optimal
-transport, Tanaka 2019; :mod:`genlab.families.gan.refine`).
-Optionally (``jacobian_truncation``), more latents are drawn and only the share whose generator
-Jacobian is smallest is kept: those away from the blends between classes (Tanielian et al. 2020;
-:mod:`genlab.families.gan.jacobian`).
+Yazici et al. 2019), ``nets["generator_ema"]``, updated at every generator step, through the
+configured sampler ``model.sampler`` (:class:`genlab.families.gan.sampler.GANSampler`): a pipeline
+propose -> latent refinement (Tanaka 2019) -> Jacobian truncation (Tanielian et al. 2020) ->
+discriminator rejection (Azadi et al. 2019), each step off unless configured. Rejection sampling's
+calibration lives in the nets (``nets["rejection"]``), fitted on held-out real images at every
+validation by :class:`genlab.families.gan.callbacks.RejectionCalibrator` (the GAN model configs'
+``callbacks.gan_rejection``).
 
 Optionally (``categorical_codes = K``), the latent also carries a uniform categorical code
 ``c in {0..K-1}`` (one-hot, appended to ``z``) and the discriminator a second head ``Q(c | y)``
@@ -32,14 +30,13 @@ on the mutual information ``I(c; G(z, c))`` (Chen et al. 2016, Eq. 5), weight ``
 in both players' losses. No labels are used. A continuous generator of a unimodal ``z`` must put
 mass between separated modes (Khayatkhoei et al. 2018); a discrete code lets it jump between
 them, and the information term makes it use the code (on the ring of 8 each code takes one mode;
-on MNIST it did not raise the confident share, docs/benchmarks.md).
+on MNIST it did not raise the confident share, docs/lab/benchmarks-history.md).
 No likelihood: ``nll_kind = "none"``.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Literal
 
@@ -50,12 +47,13 @@ from torch.optim.swa_utils import AveragedModel
 
 from genlab.callbacks.ema import warm_decay
 from genlab.data.base import DataInfo
-from genlab.families.base import Family, LossOutput
-from genlab.families.gan.jacobian import JacobianTruncation
+from genlab.data.scaling import BinScale
+from genlab.families.base import Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.gan.generation import Generation
 from genlab.families.gan.nets import add_spectral_norm
 from genlab.families.gan.objectives import GANObjective, NonSaturating
-from genlab.families.gan.refine import LatentRefinement
-from genlab.families.gan.rejection import RejectionCalibration, rejection_sample
+from genlab.families.gan.rejection import RejectionCalibration
+from genlab.families.gan.sampler import GANSampler, Propose
 from genlab.families.gan.topk import TopK
 from genlab.nets import input_kind_error
 
@@ -94,27 +92,24 @@ class GAN(Family):
         dequantize: uniform dequantisation of the real data (else bin centres).
         divergence_threshold: stop when a discriminator step's ``|L_D|`` or the gap
             ``|mean D(x) - mean D(G(z))|`` exceeds this (a collapsed discriminator).
-        rejection_sampling: draw samples by discriminator rejection sampling (Azadi et al.
-            2019): keep a generated ``y`` with probability ``min(1, r(y) / M)``, ``r`` the
-            discriminator's calibrated density ratio; calibrated at every validation (needs the
-            ``gan_rejection`` callback, on by default). Off: plain samples of the generator.
-        rejection_quantile: ``M`` as this quantile of the generated samples' ratios (1: their
-            maximum, exact but wasteful; 0.95 keeps about a third to a half of proposals).
         categorical_codes: ``K > 0``: InfoGAN's categorical code in the latent and ``Q`` head on
             the discriminator (module docstring); 0: off.
         info_weight: ``lambda`` of the information term (1 in Chen et al. 2016 for discrete codes).
         top_k: top-k generator training (Sinha et al. 2020; :mod:`genlab.families.gan.topk`):
             ``{min_fraction, gamma, every}``, the generator loss over the ``k`` fakes the
             discriminator rates most real; None: off.
-        refine: discriminator-driven latent refinement of the samples (Tanaka 2019;
-            :mod:`genlab.families.gan.refine`): ``{steps, lr, penalty}``, Adam steps on each
-            latent maximising ``D(G(z)) - penalty ||z - z0||``; None: off. Samples only.
-        jacobian_truncation: Jacobian-based truncation of the samples (Tanielian et al. 2020;
-            :mod:`genlab.families.gan.jacobian`): ``{keep, probes, ink_power}``, keep the share
-            ``keep`` of (refined) proposals with the smallest generator Jacobian norm; None: off.
+        sampler: the default sampler (``model.sampler``, :class:`~genlab.families.gan.sampler.GANSampler`
+            or a mapping of its steps); None: plain samples of the generator EMA. With its
+            ``rejection`` step the nets carry the rejection calibration.
         objective: the GAN loss (``loss`` group); non-saturating by default.
     """
 
+    why_not = {
+        Inpainter: ("a GAN has neither a likelihood nor an encoder to condition on the observed pixels (it would "
+                    "need an optimisation over its latent, not implemented)"),
+        Likelihood: "a GAN defines no likelihood (nll_kind none)",
+        Encoder: "it has no encoder (no map from an image to a latent code)",
+    }
     name = "gan"
     compare_rank = 60
     objective_type = GANObjective
@@ -132,13 +127,10 @@ class GAN(Family):
         ema_decay: float | None = 0.999,
         dequantize: bool = True,
         divergence_threshold: float = 1.0e3,
-        rejection_sampling: bool = False,
-        rejection_quantile: float = 0.95,
         categorical_codes: int = 0,
         info_weight: float = 1.0,
         top_k: dict[str, Any] | None = None,
-        refine: dict[str, Any] | None = None,
-        jacobian_truncation: dict[str, Any] | None = None,
+        sampler: GANSampler | Mapping[str, Any] | None = None,
         objective: GANObjective | None = None,
     ) -> None:
         super().__init__(objective if objective is not None else NonSaturating())
@@ -148,17 +140,31 @@ class GAN(Family):
         self.betas = tuple(betas) if betas is not None else None
         self.ema_decay, self.dequantize = ema_decay, dequantize
         self.divergence_threshold = divergence_threshold
-        self.rejection_sampling = rejection_sampling
-        self.rejection_quantile = RejectionCalibration.check_quantile(rejection_quantile)
         if categorical_codes < 0 or categorical_codes == 1:
             raise ValueError(f"model.categorical_codes={categorical_codes}: use 0 (off) or a number of codes >= 2")
         if info_weight < 0:
             raise ValueError(f"model.info_weight={info_weight} must be >= 0")
         self.codes, self.info_weight = categorical_codes, info_weight
         self.top_k = TopK.check_config(top_k) if top_k is not None else None  # checked now, not at a G step
-        self.refine = LatentRefinement.parse(refine)
-        self.jacobian_truncation = JacobianTruncation.parse(jacobian_truncation)
-        self.info: DataInfo | None = None
+        self.sampler = GANSampler.of(sampler)
+
+    # -- configs of older versions ---------------------------------------------------------
+    LEGACY_SAMPLING = ("refine", "jacobian_truncation", "rejection_sampling", "rejection_quantile")
+
+    @classmethod
+    def upgrade_config(cls, model: Mapping[str, Any]) -> dict[str, Any]:
+        """A stored ``model`` config from before ``model.sampler`` as this version builds it: the
+        sampling options ``refine``, ``jacobian_truncation``, ``rejection_sampling`` and
+        ``rejection_quantile`` become the steps of ``sampler`` (a given ``sampler`` node wins)."""
+        model = dict(model)
+        if not any(k in model for k in cls.LEGACY_SAMPLING):
+            return model
+        refine, jacobian = model.pop("refine", None), model.pop("jacobian_truncation", None)
+        reject, quantile = model.pop("rejection_sampling", False), model.pop("rejection_quantile", 0.95)
+        steps = {"_target_": "genlab.families.gan.GANSampler", "propose": None, "refine": refine,
+                 "jacobian_truncation": jacobian, "rejection": {"quantile": quantile} if reject else None}
+        model["sampler"] = {**steps, **dict(model.get("sampler") or {})}
+        return model
 
     # -- setup -----------------------------------------------------------------------
     def check_data(self, info: DataInfo) -> str | None:
@@ -167,25 +173,44 @@ class GAN(Family):
         for role, factory in (("generator", self.generator_factory), ("discriminator", self.discriminator_factory)):
             if reason := input_kind_error(factory, info.kind, role):
                 return reason
-        if self.jacobian_truncation and self.jacobian_truncation.ink_power and info.kind != "image":
-            return ("model.jacobian_truncation.ink_power normalises by an image's ink (its total intensity); "
-                    f"{info.kind} data has none: set model.jacobian_truncation.ink_power=0")
+        return self.sampler_error(self.sampler, info)
+
+    @staticmethod
+    def sampler_error(sampler: GANSampler, info: DataInfo) -> str | None:
+        """Why ``sampler`` cannot sample ``info``'s data, or None."""
+        jt = sampler.jacobian_truncation
+        if jt is not None and jt.ink_power and info.kind != "image":
+            return ("model.sampler.jacobian_truncation.ink_power normalises by an image's ink (its total intensity); "
+                    f"{info.kind} data has none: set model.sampler.jacobian_truncation.ink_power=0")
         return None
 
-    def build(self, info: DataInfo) -> nn.ModuleDict:
-        self.info = info
+    def build(self, info: DataInfo) -> Nets:
         generator = self.generator_factory(in_dim=self.latent_dim + self.codes, out_dim=info.shape)
         discriminator = self.discriminator_factory(in_dim=info.shape, out_dim=1 + self.codes)  # D, then Q logits
-        nets = nn.ModuleDict({"generator": generator,
-                              "discriminator": add_spectral_norm(discriminator) if self.spectral_norm else discriminator})
+        modules: dict[str, nn.Module] = {
+            "generator": generator,
+            "discriminator": add_spectral_norm(discriminator) if self.spectral_norm else discriminator}
         if self.ema_decay is not None:
-            nets["generator_ema"] = AveragedModel(generator, multi_avg_fn=EMAWarmup(self.ema_decay), use_buffers=True)
-            nets["generator_ema"].requires_grad_(False)
-        if self.rejection_sampling:
-            nets["rejection"] = RejectionCalibration(self.rejection_quantile)
+            ema = AveragedModel(generator, multi_avg_fn=EMAWarmup(self.ema_decay), use_buffers=True)
+            modules["generator_ema"] = ema.requires_grad_(False)
+        if self.sampler.rejection is not None:
+            modules["rejection"] = RejectionCalibration(self.sampler.rejection.quantile)
         if self.top_k is not None:
-            nets["top_k"] = TopK(**self.top_k)
-        return nets
+            modules["top_k"] = TopK(**self.top_k)
+        return Nets(info, modules)
+
+    def adapt_state(self, nets: Nets, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Checkpoint weights for these nets: a rejection calibration the configured sampler does not
+        use is dropped; one from before the calibration kept its quantile, proposal key and
+        log-ratios gets them (:meth:`RejectionCalibration.complete`); a run trained without one
+        cannot sample with ``model.sampler.rejection`` (a clear error)."""
+        if "rejection" not in nets:
+            return {k: v for k, v in state.items() if not k.startswith("rejection.")}
+        if not any(k.startswith("rejection.") for k in state):
+            raise ValueError("model.sampler.rejection: this checkpoint holds no rejection calibration (the run was "
+                             "trained without model.sampler.rejection, and calibrating needs held-out images during "
+                             "training); use model.sampler.rejection=null, or train with it")
+        return nets["rejection"].complete(state, "rejection.", self.sampler.proposal_key())
 
     def param_groups(self, nets: nn.ModuleDict) -> dict[str, list[dict[str, Any]]]:
         """``{player: [{"params": ..., "lr": ..., "betas": ...}]}``: torch optimizers take a list
@@ -205,62 +230,36 @@ class GAN(Family):
         return ["discriminator"] * self.objective.n_critic + ["generator"]
 
     # -- data mapping ---------------------------------------------------------------------
-    def to_model(self, x: Tensor) -> Tensor:
+    def to_model(self, nets: Nets, x: Tensor) -> Tensor:
         """Discrete ``(B, *shape)`` -> ``y in [-1, 1)``: ``2 (x + u) / L - 1`` (see module docstring)."""
-        u = torch.rand(x.shape, device=x.device) if self.dequantize else torch.full(x.shape, 0.5, device=x.device)
-        return 2.0 * (x.float() + u) / self.info.levels - 1.0
+        scale = BinScale(nets.info.levels)
+        return scale.uniform(x) if self.dequantize else scale.centres(x)
 
-    def to_data(self, y: Tensor) -> Tensor:
-        """``y in [-1, 1]`` -> the bin index ``floor((y + 1) L / 2)`` in ``{0..L-1}``, uint8."""
-        levels = self.info.levels
-        return torch.floor((y + 1.0) * levels / 2.0).clamp(0, levels - 1).to(torch.uint8)
+    def to_data(self, nets: Nets, y: Tensor) -> Tensor:
+        """``y in [-1, 1]`` -> the bin index ``floor((y + 1) L / 2)`` in ``{0..L-1}`` (uint8 up to 256 levels)."""
+        return BinScale(nets.info.levels).to_data(y)
 
-    def latent(self, n: int, device: torch.device, z: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """The generator's input ``(n, latent_dim [+ K])`` and the codes ``c`` ``(n,)`` (None without
-        codes): ``z ~ N(0, I)`` (or the given ``z``), ``c ~ U{0..K-1}`` appended one-hot."""
-        z = torch.randn(n, self.latent_dim, device=device) if z is None else z
-        if not self.codes:
-            return z, None
-        c = torch.randint(0, self.codes, (n,), device=device)
-        return torch.cat([z, F.one_hot(c, self.codes).to(z.dtype)], dim=1), c
+    def generation(self, nets: Nets, generator: nn.Module | None = None, propose: Propose | None = None) -> Generation:
+        """``generator`` (default: the one ``propose`` chooses, :meth:`sampling_generator`), the
+        discriminator head and the latent layout, as the sampler steps use them."""
+        net = generator if generator is not None else self.sampling_generator(nets, propose)
+        return Generation(net, partial(self.discriminate, nets), self.latent_dim, self.codes, tuple(nets.info.shape),
+                          next(nets.parameters()).device)
 
-    def generate_with_codes(self, generator: nn.Module, n: int, device: torch.device,
-                            z: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """``tanh(G(z[, c]))`` ``(n, *shape)`` in model space, and the codes ``c`` (None without codes)."""
-        inp, c = self.latent(n, device, z)
-        return torch.tanh(generator(inp)).view(n, *self.info.shape), c
+    def sampling_generator(self, nets: nn.ModuleDict, propose: Propose | None = None) -> nn.Module:
+        """The generator that samples (``propose``, default the configured sampler's): the EMA where
+        there is one."""
+        return (propose or self.sampler.propose).network(nets)
 
-    def generate(self, generator: nn.Module, n: int, device: torch.device, z: Tensor | None = None) -> Tensor:
-        """``tanh(G(z[, c]))``: ``(n, *shape)`` in model space."""
-        return self.generate_with_codes(generator, n, device, z)[0]
-
-    def proposals(self, n: int) -> int:
-        """How many latents :meth:`draw` uses for ``n`` samples (more than ``n`` with Jacobian truncation)."""
-        return self.jacobian_truncation.proposals(n) if self.jacobian_truncation else n
-
-    def draw(self, nets: nn.ModuleDict, generator: nn.Module, n: int, device: torch.device,
-             z: Tensor | None = None) -> Tensor:
-        """``n`` samples of ``generator`` in model space, through latent refinement when ``refine`` is
-        set (the codes, with ``categorical_codes``, are drawn once and kept; only ``z`` moves), then
-        Jacobian truncation when ``jacobian_truncation`` is set. ``z``: the latents, ``(proposals(n),
-        latent_dim)``; None: fresh ones."""
-        m = self.proposals(n)
-        if z is not None and z.shape[0] != m:
-            raise ValueError(f"GAN.draw: {n} samples take {m} latents (GAN.proposals), got {z.shape[0]}")
-        if self.refine is None and self.jacobian_truncation is None:
-            return self.generate(generator, n, device, z)
-        inp, _ = self.latent(m, device, z)
-        z0, code = inp[:, : self.latent_dim], inp[:, self.latent_dim:]
-
-        def fake(zz: Tensor, cc: Tensor = code) -> Tensor:
-            return torch.tanh(generator(torch.cat([zz, cc], dim=1))).view(zz.shape[0], *self.info.shape)
-
-        z1 = z0 if self.refine is None else self.refine(lambda zz: self.discriminate(nets, fake(zz)), z0)
-        if self.jacobian_truncation is not None:
-            keep = self.jacobian_truncation.select(self.jacobian_truncation.scores(fake, z1, code), n)
-            z1, code = z1[keep], code[keep]
-        with torch.no_grad():
-            return fake(z1, code)
+    def draw(self, nets: Nets, generator: nn.Module, n: int, z: Tensor | None = None,
+             sampler: GANSampler | None = None) -> Tensor:
+        """``n`` samples of ``generator`` in model space through the latent steps of ``sampler``
+        (default: the configured one; rejection aside): ``z``: the latents, ``(proposals, latent_dim)``
+        (:meth:`GANSampler.proposals`); None: fresh ones."""
+        s = self.sampler if sampler is None else sampler
+        if z is not None and z.shape[0] != (m := s.proposals(n)):
+            raise ValueError(f"GAN.draw: {n} samples take {m} latents (GANSampler.proposals), got {z.shape[0]}")
+        return s.draw(self.generation(nets, generator), n, z)
 
     # -- contract ----------------------------------------------------------------------
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor], group: Group | None = None) -> LossOutput:
@@ -270,14 +269,20 @@ class GAN(Family):
             raise ValueError(f"GAN.loss needs group= one of {list(steps)} (the schedule's names), got {group!r}")
         return steps[group](nets, batch["x"])
 
-    def discriminator_step(self, nets: nn.ModuleDict, x: Tensor) -> LossOutput:
+    def fakes(self, nets: Nets, n: int) -> tuple[Tensor, Tensor | None]:
+        """``n`` fakes ``tanh(G(z[, c]))`` of the raw generator (training) and their codes (None without)."""
+        gen = self.generation(nets, nets["generator"])
+        z, code, c = gen.latents(n)
+        return gen.fake(z, code), c
+
+    def discriminator_step(self, nets: Nets, x: Tensor) -> LossOutput:
         """``L_D`` (+ the objective's penalty) on real ``x`` and as many fresh fakes.
 
         Logs ``d_loss`` (without penalty), ``gp`` (the penalty, where there is one), and the
         mean outputs ``d_real``, ``d_fake``."""
-        real = self.to_model(x)
+        real = self.to_model(nets, x)
         with torch.no_grad():
-            fake, c = self.generate_with_codes(nets["generator"], real.shape[0], real.device)
+            fake, c = self.fakes(nets, real.shape[0])
         d, q = self.heads(nets, torch.cat([real, fake]))
         d_real, d_fake = d.chunk(2)
         d_loss = self.objective.discriminator_loss(d_real, d_fake)
@@ -291,13 +296,13 @@ class GAN(Family):
             return LossOutput(loss, logs)
         return LossOutput(loss + penalty, {**logs, "gp": penalty.detach()})
 
-    def generator_step(self, nets: nn.ModuleDict, x: Tensor) -> LossOutput:
+    def generator_step(self, nets: Nets, x: Tensor) -> LossOutput:
         """``L_G`` on ``len(x)`` fakes (with top-k training, on the ``k`` the discriminator rates
         most real); first moves the EMA towards the current generator (so the EMA lags the raw
         generator by one update). Logs ``g_loss``, ``d_fake`` (all fakes) and ``top_k``."""
         if "generator_ema" in nets:
             nets["generator_ema"].update_parameters(nets["generator"])
-        fake, c = self.generate_with_codes(nets["generator"], x.shape[0], x.device)
+        fake, c = self.fakes(nets, x.shape[0])
         d_fake, q = self.heads(nets, fake)
         logs = {"d_fake": d_fake.mean().detach()}
         if "top_k" in nets:
@@ -338,39 +343,33 @@ class GAN(Family):
             f"model.divergence_threshold={self.divergence_threshold:g}"
         )
 
-    def sampling_generator(self, nets: nn.ModuleDict) -> nn.Module:
-        """The generator that samples: the EMA where there is one."""
-        return nets["generator_ema"] if "generator_ema" in nets else nets["generator"]
+    # -- sampling --------------------------------------------------------------------------
+    def resolve_sampler(self, nets: Nets, sampler: GANSampler | Mapping[str, Any] | None) -> GANSampler:
+        """``sampler`` (None: the configured ``model.sampler``) as a :class:`GANSampler` that fits the data."""
+        s = self.sampler if sampler is None else GANSampler.of(sampler)
+        if reason := self.sampler_error(s, nets.info):
+            raise ValueError(reason)
+        return s
 
     @torch.no_grad()
-    def calibrate_rejection(self, nets: nn.ModuleDict, x: Tensor) -> dict[str, float]:
-        """Fit the rejection sampler (``nets["rejection"]``) on held-out real data ``x``
-        (discrete, ``(N, *shape)``) against as many samples of the sampling generator."""
-        real = self.to_model(x)
-        fake = self.draw(nets, self.sampling_generator(nets), real.shape[0], real.device)
+    def calibrate_rejection(self, nets: Nets, x: Tensor, sampler: GANSampler | None = None) -> dict[str, float]:
+        """Fit the rejection calibration (``nets["rejection"]``) on held-out real data ``x``
+        (discrete, ``(N, *shape)``) against as many draws of ``sampler``'s steps before rejection
+        (default: the configured sampler), at its rejection quantile."""
+        s = self.resolve_sampler(nets, sampler)
+        if s.rejection is None:
+            raise ValueError("GAN.calibrate_rejection: the sampler has no rejection step (model.sampler.rejection)")
+        real = self.to_model(nets, x)
+        fake = s.draw(self.generation(nets, propose=s.propose), real.shape[0])
         return nets["rejection"].calibrate(self.discriminate(nets, real), self.discriminate(nets, fake),
-                                           nets["discriminator"])
+                                           nets["discriminator"], s.rejection.quantile, s.proposal_key())
 
     @torch.no_grad()
-    def sample(self, nets: nn.ModuleDict, n: int) -> Tensor:
-        """``n`` samples in data space (uint8), from the generator EMA where there is one; with
-        latent refinement when ``refine`` is set, and through discriminator rejection sampling
-        (of the refined proposals) when it is on and calibrated."""
-        generator = self.sampling_generator(nets)
-        device = next(nets.parameters()).device
-        rejection = nets["rejection"] if "rejection" in nets else None
-        if rejection is None or not rejection.ready:
-            return self.to_data(self.draw(nets, generator, n, device))
-        if not rejection.ready_for(nets["discriminator"]):  # (shown once per call site)
-            warnings.warn("GAN rejection sampling: the calibration was fitted for other discriminator weights "
-                          "(it is refitted at every validation); sampling without rejection until then",
-                          stacklevel=2)
-            return self.to_data(self.draw(nets, generator, n, device))
-
-        def propose(m: int) -> tuple[Tensor, Tensor]:
-            y = self.draw(nets, generator, m, device)
-            return y, rejection.log_ratio(self.discriminate(nets, y).double())
-
-        y, _ = rejection_sample(propose, n, rejection.bound.item(), rejection.acceptance.item())
-        return self.to_data(y)
-
+    def sample(self, nets: Nets, n: int, sampler: GANSampler | Mapping[str, Any] | None = None) -> Tensor:
+        """``n`` samples in data space (uint8) through ``sampler`` (None: the configured
+        ``model.sampler``): from the generator EMA where there is one, through the latent steps
+        that are on, and rejection sampling with the nets' calibration when that step is on."""
+        s = self.resolve_sampler(nets, sampler)
+        calibration = nets["rejection"] if "rejection" in nets else None
+        y = s.sample(self.generation(nets, propose=s.propose), n, calibration, nets["discriminator"])
+        return self.to_data(nets, y)

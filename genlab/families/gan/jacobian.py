@@ -15,7 +15,7 @@ the generator each. The probes are Rademacher (entries +-1): their estimate's va
 ``2 sum_{i != j} (J J^T)_ij^2``, is below the Gaussian probes' and zero where ``J J^T`` is diagonal.
 ``ink`` is the image's total intensity ``sum((x + 1) / 2)`` (``x`` in ``[-1, 1]``): ``||J||_F^2``
 grows with the number of pixels that can change, so without this normalisation thin digits
-("1") win and the class mix drifts (docs/benchmarks.md); ``ink_power = 0`` is the paper's score.
+("1") win and the class mix drifts (docs/lab/benchmarks-history.md); ``ink_power = 0`` is the paper's score.
 Samples only: training is unchanged; the discriminator is not used. Cost: ``probes`` backward
 passes of the generator per proposal, and ``1 / keep`` proposals per sample.
 
@@ -35,11 +35,12 @@ import torch
 from torch import Tensor
 
 from genlab.families.base import parse_node
+from genlab.families.gan.generation import Generation
 
 
 @dataclass(frozen=True)
 class JacobianTruncation:
-    """``model.jacobian_truncation``: keep the share ``keep`` of proposals with the smallest
+    """``model.sampler.jacobian_truncation``: keep the share ``keep`` of proposals with the smallest
     (ink-normalised) generator Jacobian norm (module docstring)."""
 
     keep: float = 0.8
@@ -49,20 +50,27 @@ class JacobianTruncation:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"model.jacobian_truncation.keep must be in (0, 1] (the share of proposals kept), "
-                             f"got {self.keep!r}; model.jacobian_truncation=null turns it off")
+            raise ValueError(f"model.sampler.jacobian_truncation.keep must be in (0, 1] (the share of proposals kept), "
+                             f"got {self.keep!r}; model.sampler.jacobian_truncation=null turns it off")
         for key in ("probes", "batch"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.jacobian_truncation.{key} must be a whole number >= 1, got {value!r}")
+                raise ValueError(f"model.sampler.jacobian_truncation.{key} must be a whole number >= 1, got {value!r}")
         if not self.ink_power >= 0:
-            raise ValueError(f"model.jacobian_truncation.ink_power must be >= 0 (0: the plain Jacobian norm), "
+            raise ValueError(f"model.sampler.jacobian_truncation.ink_power must be >= 0 (0: the plain Jacobian norm), "
                              f"got {self.ink_power!r}")
 
     @classmethod
     def parse(cls, config: Mapping[str, Any] | None) -> JacobianTruncation | None:
-        """``model.jacobian_truncation`` (a mapping or None); a clear error for unknown keys or bad values."""
-        return parse_node(cls, config, "jacobian_truncation", "{keep: 0.8, ink_power: 2}")
+        """``model.sampler.jacobian_truncation`` (a mapping or None); a clear error for unknown keys or bad
+        values."""
+        return parse_node(cls, config, "sampler.jacobian_truncation", "{keep: 0.8, ink_power: 2}")
+
+    def apply(self, gen: Generation, z: Tensor, code: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """The sampler step: of the :meth:`proposals` latents ``z`` (with their codes), the ``n`` with
+        the smallest scores, in drawing order."""
+        keep = self.select(self.scores(gen.fake, z, code), n)
+        return z[keep], code[keep]
 
     def proposals(self, n: int) -> int:
         """How many latents to draw for ``n`` samples: ``ceil(n / keep)``."""

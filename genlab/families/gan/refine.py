@@ -30,11 +30,12 @@ import torch
 from torch import Tensor
 
 from genlab.families.base import parse_node
+from genlab.families.gan.generation import Generation
 
 
 @dataclass(frozen=True)
 class LatentRefinement:
-    """``model.refine``: ``steps`` Adam steps of size ``lr`` on each latent, maximising the
+    """``model.sampler.refine``: ``steps`` Adam steps of size ``lr`` on each latent, maximising the
     discriminator's score minus ``penalty`` times the distance from the start (module docstring)."""
 
     steps: int = 20
@@ -43,19 +44,28 @@ class LatentRefinement:
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"model.refine.steps must be a whole number >= 1 (Adam steps on each latent), "
-                             f"got {self.steps!r}; model.refine=null turns refinement off")
+            raise ValueError(f"model.sampler.refine.steps must be a whole number >= 1 (Adam steps on each latent), "
+                             f"got {self.steps!r}; model.sampler.refine=null turns refinement off")
         if not self.lr > 0:
-            raise ValueError(f"model.refine.lr must be > 0 (the Adam step size in latent space), got {self.lr!r}")
+            raise ValueError(f"model.sampler.refine.lr must be > 0 (the Adam step size in latent space), "
+                             f"got {self.lr!r}")
         if not self.penalty >= 0:
-            raise ValueError(f"model.refine.penalty must be >= 0 (the weight of ||z - z0||; 0: plain ascent), "
+            raise ValueError(f"model.sampler.refine.penalty must be >= 0 (the weight of ||z - z0||; 0: plain ascent), "
                              f"got {self.penalty!r}")
 
     @classmethod
     def parse(cls, config: Mapping[str, Any] | None) -> LatentRefinement | None:
-        """``model.refine`` (a mapping or None) as a :class:`LatentRefinement`; a clear error for
-        unknown keys or bad values."""
-        return parse_node(cls, config, "refine", "{steps: 20, lr: 0.05, penalty: 1.0}")
+        """``model.sampler.refine`` (a mapping or None) as a :class:`LatentRefinement`; a clear error
+        for unknown keys or bad values."""
+        return parse_node(cls, config, "sampler.refine", "{steps: 20, lr: 0.05, penalty: 1.0}")
+
+    def proposals(self, n: int) -> int:
+        """Latents in for ``n`` out: ``n`` (every latent is kept)."""
+        return n
+
+    def apply(self, gen: Generation, z: Tensor, code: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        """The sampler step: each latent refined up ``D(G([z, code]))``, its code held fixed."""
+        return self(lambda zz: gen.score(zz, code), z), code
 
     def __call__(self, score: Callable[[Tensor], Tensor], z0: Tensor) -> Tensor:
         """The refined latents: ``score(z)`` is the discriminator's output ``(B,)`` for latents
