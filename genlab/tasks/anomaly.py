@@ -162,16 +162,9 @@ def _plots(out: Path, scores: dict[str, Tensor], curves: dict[str, tuple[float, 
 
 
 def run(ctx: TaskContext, cfg: Config) -> dict:
+    """Score in-distribution and OOD sets; AUROC, ROC and score plots, report."""
     what, score, kinds = scorer(ctx)
-    x_in, _ = ctx.real(cfg.split, cfg.n)
-    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "ood"))  # independent of the model's draws
-    sets = {f"{cfg.split} (in-distribution)": x_in}
-    for name in cfg.ood:
-        sets[name] = make_ood(name, x_in, ctx.info.kind, ctx.info.levels, g)
-    if cfg.ood_file:
-        sets[Path(cfg.ood_file).stem] = load_ood_file(cfg.ood_file, ctx, cfg.n)
-    if len(sets) < 2:
-        raise TaskError("no OOD set: pass ood=[noise,...] and/or ood_file=<.npy/.npz>")
+    sets = score_sets(ctx, cfg)
     scores: dict[str, Tensor] = {}
     for i, (name, x) in enumerate(sets.items()):
         parts = []
@@ -181,10 +174,29 @@ def run(ctx: TaskContext, cfg: Config) -> dict:
         scores[name] = torch.cat(parts)
     in_name = next(iter(sets))
     curves = {name: roc(scores[in_name], s) for name, s in scores.items() if name != in_name}
+    return _report(ctx, what, kinds[-1] if kinds else None, scores, curves)
+
+
+def score_sets(ctx: TaskContext, cfg: Config) -> dict[str, Tensor]:
+    """The in-distribution examples first, then every OOD set (transforms of them, and ``ood_file``)."""
+    x_in, _ = ctx.real(cfg.split, cfg.n)
+    g = torch.Generator().manual_seed(stream_seed(cfg.seed, "ood"))  # independent of the model's draws
+    sets = {f"{cfg.split} (in-distribution)": x_in}
+    for name in cfg.ood:
+        sets[name] = make_ood(name, x_in, ctx.info.kind, ctx.info.levels, g)
+    if cfg.ood_file:
+        sets[Path(cfg.ood_file).stem] = load_ood_file(cfg.ood_file, ctx, cfg.n)
+    if len(sets) < 2:
+        raise TaskError("no OOD set: pass ood=[noise,...] and/or ood_file=<.npy/.npz>")
+    return sets
+
+
+def _report(ctx: TaskContext, what: str, kind: str | None, scores: dict[str, Tensor],
+            curves: dict[str, tuple]) -> dict:
+    """Plots, anomaly.json / .md; the report."""
     unit = ctx.info.unit if what == "likelihood" else "nats per example, -log p(x) up to the constant log Z"
     label = "NLL" if what == "likelihood" else "energy"
     roc_path, hist_path = _plots(ctx.out_dir, scores, curves, unit, label)
-    kind = kinds[-1] if kinds else None
     rows = [f"| {name} | {len(s)} | {s.mean().item():.4f} | {curves[name][0]:.4f} |" if name in curves
             else f"| {name} | {len(s)} | {s.mean().item():.4f} | — |" for name, s in scores.items()]
     md = "\n".join([
