@@ -34,11 +34,11 @@ from torch import Tensor
 
 from genlab.data.base import DataInfo
 from genlab.tasks.base import TaskConfig, TaskContext, TaskError, require_images, save_rows, stream_seed, write_report
+from genlab.tasks.registry import TASKS
 
 if TYPE_CHECKING:  # imported where used: the metrics load only when the task runs
     from genlab.metrics.quality import ClassifierConfig, FeatureClassifier
 
-SUPPORTED = "every family that samples images (autoregressive, vae, flow, diffusion, flow_matching, gan, ebm)"
 
 
 @dataclass
@@ -76,7 +76,7 @@ def write_npz(path, x: Tensor, y: Tensor | None = None, confidence: Tensor | Non
 def run(ctx: TaskContext, cfg: Config) -> dict:
     """Write ``n_synthetic`` samples to ``samples.npz`` and, where the data have labels, pseudo-label
     them and score the three classifiers (module docstring); returns the report."""
-    require_images("augment", ctx, SUPPORTED)
+    require_images("augment", ctx, TASKS["augment"].families)
     if cfg.n_synthetic < 1:
         raise TaskError(f"n_synthetic={cfg.n_synthetic}: write at least one sample")
     info = ctx.info

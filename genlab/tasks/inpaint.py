@@ -2,10 +2,10 @@
 
 The mask (``mask=box|random|bottom``, :mod:`genlab.tasks.masks`) marks the MISSING pixels, the
 same for all channels of a pixel. Every family that is an :class:`~genlab.families.base.Inpainter`
-fills them by its own method (documented in its folder, listed by ``genlab-task inpaint --help``):
-conditional ancestral sampling (autoregressive; exact for ``mask=bottom`` in raster order), RePaint
-(diffusion), replacement along the probability path (flow matching), iterated reconstruction
-(VAE), Langevin with the known pixels clamped (EBM). The others are refused with their reason.
+fills them by its own method (documented in its folder, listed by ``genlab-task inpaint --help``,
+e.g. conditional ancestral sampling, exact when every missing pixel comes after the observed ones
+in the generation order; RePaint; replacement along a probability path; clamped Langevin). The
+others are refused with their reason.
 In every case the output equals the input outside the mask, exactly (a final ``torch.where``).
 
 Reported: MSE, MAE and PSNR on the masked pixels in the ``[0, 1]`` scale, for the model and two

@@ -1,8 +1,8 @@
 """Latent exploration: interpolate between pairs of real images in a model's latent space.
 
 Every family that is an :class:`~genlab.families.base.Encoder` maps an image to a latent code and
-back (each documents how: a VAE's posterior mean, a flow's exact bijection, ODE inversion of a
-flow-matching velocity, DDIM inversion of a diffusion chain). Between the two codes:
+back (each documents how: a posterior mean, an exact bijection, ODE or DDIM inversion of the
+generative process; listed by ``genlab-task interpolate --help``). Between the two codes:
 ``path=linear`` (straight line) or ``slerp`` (spherical, Shoemake 1985: keeps the norm of Gaussian
 codes typical, the usual choice for noise latents); ``auto`` takes the family's default (its first
 ``latent_paths``). Endpoint reconstruction error is reported: how faithful the code is. Writes
