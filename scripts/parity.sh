@@ -20,7 +20,7 @@ declare -A RUN=(
   [ddpm]="model=ddpm dataset=digits trainer.max_steps=20 model.test_timesteps=8 model.net.channels=16"
   [fm]="model=flow_matching dataset=digits trainer.max_steps=20 model.net.channels=16 trainer.limit_test_batches=1"
   [ebm]="model=ebm_mlp dataset=mixture2d trainer.max_steps=40"
-  [gan]="model=gan_mlp dataset=mixture2d trainer.max_steps=60"
+  [gan]="experiment=gan_mixture2d trainer.max_steps=400"
 )
 for name in $families; do
   for side in old new; do
