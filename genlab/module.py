@@ -75,15 +75,28 @@ class GenerativeModule(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------
     def _reseed(self, offset: int) -> None:
-        torch.manual_seed((self.seed * 1_000_003 + offset) * 64 + self.global_rank)
+        """Seed the generators that are in use: the CPU one, and CUDA's once CUDA is initialised.
+        (``torch.manual_seed`` also queues lazy seeding of every other backend, with a Python stack
+        trace each time: 0.3-1.6 ms per call against a few microseconds.)"""
+        seed = (self.seed * 1_000_003 + offset) * 64 + self.global_rank
+        torch.default_generator.manual_seed(seed)
+        if torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(seed)
+
+    def _logging_step(self) -> bool:
+        """Whether Lightning writes the logs of this training step (every ``log_every_n_steps`` and at
+        the end): the step's terms are collected only then, as collecting costs ~0.5 ms a call."""
+        trainer = self._trainer
+        return trainer is None or trainer._logger_connector.should_update_logs
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         self._reseed(self.global_step)
         if self.automatic_optimization:
             out = self.family.loss(self.nets, batch)
             self._check(out)
-            self.log("train/loss", out.loss, prog_bar=True)
-            self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
+            if self._logging_step():
+                self.log("train/loss", out.loss, prog_bar=True)
+                self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
             return out.loss
         return self._manual_step(batch)
 
@@ -103,8 +116,9 @@ class GenerativeModule(L.LightningModule):
         schedulers = _as_list(self.lr_schedulers())
         if schedulers:
             schedulers[i].step()
-        self.log(f"train/{group}_loss", out.loss, prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
+        if self._logging_step():
+            self.log(f"train/{group}_loss", out.loss, prog_bar=True)
+            self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
         return out.loss.detach()
 
     def _check(self, out: LossOutput) -> None:

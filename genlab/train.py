@@ -52,7 +52,7 @@ def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Train
     test = trainer.test(module, datamodule=dm, ckpt_path=ckpts["best"], verbose=False)
     timings["test_seconds"] = time.perf_counter() - t0
     metrics = {**val, **(test[0] if test else {})}
-    if not trainer.is_global_zero:  # DDP: rank 0 samples and writes the results
+    if not trainer.is_global_zero or cfg.num_samples <= 0:  # DDP: rank 0 samples; num_samples=0: none
         return metrics, None
     interrupt.check("before sampling")
     t0 = time.perf_counter()

@@ -78,3 +78,11 @@ def test_compose_run_builds_a_trainable_run_outside_hydra_main(tmp_path, monkeyp
     assert results["status"] == "finished" and results["path"].startswith(out)
     assert (results["model"], results["dataset"]) == ("vae", "digits")  # the chosen options are known
     assert (CONFIG_DIR / "train.yaml").exists()
+
+
+def test_num_samples_zero_trains_and_tests_without_sampling(make_cfg):
+    from genlab.train import run
+
+    results = run(make_cfg("trainer.max_steps=2", "model.test_k=2", "num_samples=0"))
+    assert results["status"] == "finished" and results["samples"] is None
+    assert results["test"]["nll_kind"] != "none"
