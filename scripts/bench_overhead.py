@@ -14,7 +14,8 @@ Both sides draw batches of the same size from the same in-memory training split 
 indexing the tensor directly, with the split's batch transform, e.g. dynamic binarisation), run the
 family's loss (per optimizer group in the family's schedule for the GAN), backward and the
 optimizer (and the LR scheduler) step, and update an EMA of the weights where the config keeps one
-(``callbacks.ema``). genlab runs with validation, checkpoints, sample grids and the test switched off:
+(``callbacks.ema``), with the run's precision (bf16 autocast) and memory format (channels-last).
+genlab runs with validation, checkpoints, sample grids and the test switched off:
 this is the per-step cost of the framework alone.
 """
 
@@ -98,6 +99,9 @@ def plain_side(family: str, data_dir: str, steps: int, warmup: int) -> float:
     fam = build_family(cfg)
     nets = fam.build(dm.info)
     nets.train()
+    if (cfg.get("callbacks") or {}).get("channels_last"):
+        nets.to(memory_format=torch.channels_last)
+    bf16 = str(cfg.trainer.get("precision")) == "bf16-mixed"
     groups = fam.param_groups(nets)
     opts = {name: instantiate(cfg.optimizer)(params) for name, params in groups.items()}
     make_sched = build_scheduler(cfg)
@@ -113,7 +117,8 @@ def plain_side(family: str, data_dir: str, steps: int, warmup: int) -> float:
         x = split.x[idx]
         batch = {"x": split.transform(x, g) if split.transform is not None else x}
         group = schedule[step % len(schedule)]
-        out = fam.loss(nets, batch, group=group) if fam.schedule() else fam.loss(nets, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = fam.loss(nets, batch, group=group) if fam.schedule() else fam.loss(nets, batch)
         opts[group].zero_grad(set_to_none=True)
         out.loss.backward()
         opts[group].step()

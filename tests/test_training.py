@@ -23,6 +23,7 @@ def _cli(args, tmp_path, timeout=300):
                           env=env, cwd=tmp_path, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_default_run_end_to_end(tmp_path):
     proc = _cli([], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
