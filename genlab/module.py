@@ -116,9 +116,9 @@ class GenerativeModule(L.LightningModule):
         schedulers = _as_list(self.lr_schedulers())
         if schedulers:
             schedulers[i].step()
-        if self._logging_step():
-            self.log(f"train/{group}_loss", out.loss, prog_bar=True)
-            self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
+        # every step: each group's terms are logged on its own steps, which the logging steps may not hit
+        self.log(f"train/{group}_loss", out.loss, prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in out.logs.items()})
         return out.loss.detach()
 
     def _check(self, out: LossOutput) -> None:
