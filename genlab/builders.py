@@ -171,7 +171,8 @@ def wandb_identity(cfg: DictConfig, lg: DictConfig, module: Any) -> dict[str, An
 def upgraded(cfg: DictConfig) -> DictConfig:
     """A stored run config with its ``model`` node as this version's family builds it
     (:meth:`Family.upgrade_config`, e.g. options that moved into ``model.sampler``)."""
-    target = cfg.get("model", {}).get("_target_") if isinstance(cfg.get("model"), DictConfig) else None
+    model = cfg.get("model")
+    target = model.get("_target_") if isinstance(model, DictConfig) else None
     if target:
         try:
             cls = get_class(target)

@@ -210,7 +210,7 @@ class GenerativeModule(L.LightningModule):
     def _log_statistics(self, stage: str) -> None:
         """The family's summary of the epoch's sums (reduced over DDP ranks), as ``{stage}/<key>``."""
         sums, self._sums[stage] = self._sums[stage], {}
-        if not sums or not isinstance(self.family, Likelihood):
+        if not sums:  # only a Likelihood family's results are accumulated
             return
         keys = sorted(sums)
         total = self.trainer.strategy.reduce(torch.stack([sums[k] for k in keys]), reduce_op="sum")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -51,10 +52,13 @@ GENLAB_ONLY = ["trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", 
 
 
 class StepClock(L.Callback):
-    """CPU seconds of the training steps after ``warmup`` (batch fetch included)."""
+    """CPU seconds per training step after ``warmup`` steps (batch fetch included), written to ``out``
+    as JSON when training ends (added to the run as ``+callbacks.clock``)."""
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup, self.t0, self.t1, self.steps = warmup, None, None, 0
+    def __init__(self, warmup: int, out: str) -> None:
+        self.warmup, self.out = warmup, out
+        self.t0 = self.t1 = None
+        self.start = self.steps = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.t0 is None and trainer.global_step >= self.warmup:
@@ -63,6 +67,9 @@ class StepClock(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.t0 is not None:
             self.t1, self.steps = time.process_time(), trainer.global_step - self.start
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        Path(self.out).write_text(json.dumps({"s_per_step": (self.t1 - self.t0) / self.steps}))
 
 
 def compose(family: str, data_dir: str, steps: int, out: Path, extra: list[str]):
@@ -73,14 +80,14 @@ def compose(family: str, data_dir: str, steps: int, out: Path, extra: list[str])
 
 def genlab_side(family: str, data_dir: str, steps: int, warmup: int) -> float:
     """CPU seconds per step of ``genlab.train.run`` (everything but the training steps switched off)."""
-    import genlab.train as train
+    from genlab.train import run
 
-    clock = StepClock(warmup)
-    build = train.build_trainer
-    train.build_trainer = lambda cfg, callbacks, loggers, read=None: build(cfg, [*callbacks, clock], loggers, read)
     with tempfile.TemporaryDirectory() as tmp:
-        train.run(compose(family, data_dir, warmup + steps, Path(tmp) / "run", GENLAB_ONLY))
-    return (clock.t1 - clock.t0) / clock.steps
+        out = Path(tmp) / "clock.json"
+        clock = ["+callbacks.clock._target_=__main__.StepClock", f"+callbacks.clock.warmup={warmup}",
+                 f"+callbacks.clock.out={out}"]
+        run(compose(family, data_dir, warmup + steps, Path(tmp) / "run", [*GENLAB_ONLY, *clock]))
+        return json.loads(out.read_text())["s_per_step"]
 
 
 def plain_side(family: str, data_dir: str, steps: int, warmup: int) -> float:
@@ -134,7 +141,7 @@ def _ema(cfg, nets):
     node = (cfg.get("callbacks") or {}).get("ema")
     if not node:
         return None
-    params = [p for p in nets.parameters()]
+    params = list(nets.parameters())
     shadow = [p.detach().clone() for p in params]
     weight = 1.0 - float(node.get("decay", 0.999))
     return lambda: torch._foreach_lerp_(shadow, [p.detach() for p in params], weight)
@@ -149,8 +156,8 @@ def inner(args: argparse.Namespace) -> int:
 def measure(family: str, side: str, args: argparse.Namespace) -> float:
     cmd = [sys.executable, __file__, "--inner", side, "--family", family, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--data-dir", args.data_dir]
-    env = {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, **env})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{side} {family} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["s_per_step"]

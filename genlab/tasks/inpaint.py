@@ -85,12 +85,10 @@ def run(ctx: TaskContext, cfg: Config) -> dict[str, Any]:
 
 
 def check_options(cfg: Config) -> None:
-    """Refuse option values no method can use, before any work."""
+    """Refuse option values no method can use, before any work (a method's own options, e.g.
+    RePaint's ``jump`` / ``resample``, are checked by the method)."""
     if cfg.steps is not None and cfg.steps < 1:
         raise TaskError(f"steps={cfg.steps} must be >= 1 (or null for the method's default)")
-    if cfg.jump < 1 or cfg.resample < 1:
-        raise TaskError(f"jump={cfg.jump} and resample={cfg.resample} must be >= 1 (resample=1: plain RePaint, "
-                        "no jumps)")
     if cfg.iters < 1:
         raise TaskError(f"iters={cfg.iters} must be >= 1 (encode-decode-replace rounds)")
 
