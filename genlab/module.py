@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,10 +15,15 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from genlab import interrupt
+from genlab import interrupt, progress
 from genlab.data.base import DataInfo
 from genlab.families.base import Family, Likelihood, LossOutput
 from genlab.metrics.likelihood import nats_to_bpd
+
+
+# examples of each batch that the sanity check evaluates before training (it proves the evaluation code
+# runs; its figures are discarded): a full validation batch of a diffusion bound costs ~30 s on a CPU
+SANITY_EXAMPLES = 8
 
 
 class TrainingDivergedError(RuntimeError):
@@ -181,6 +187,8 @@ class GenerativeModule(L.LightningModule):
             return
         if not isinstance(self.family, Likelihood):
             return
+        if self._trainer is not None and self.trainer.sanity_checking:
+            batch = {k: v[:SANITY_EXAMPLES] for k, v in batch.items()}  # the code path, not the figure
         self._reseed(10**9 + batch_idx)
         # likelihoods in full precision whatever trainer.precision trains in (bf16-mixed autocasts
         # the steps): a bound or an exact NLL must not depend on the training speed-up
@@ -216,7 +224,9 @@ class GenerativeModule(L.LightningModule):
         total = self.trainer.strategy.reduce(torch.stack([sums[k] for k in keys]), reduce_op="sum")
         reduced = {k: float(v) for k, v in zip(keys, total)}
         n = int(reduced.pop("n"))
-        for key, value in self.family.summarize_likelihood(self.nets, n, reduced).items():
+        stats = example_standard_error(n, reduced["nll"], reduced["nll_sq"], self.info.dims)
+        stats.update(self.family.summarize_likelihood(self.nets, n, reduced))
+        for key, value in stats.items():
             self.log(f"{stage}/{key}", float(value), sync_dist=False)
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -237,6 +247,10 @@ class GenerativeModule(L.LightningModule):
         self._log_statistics(stage)
         if stage == "val" and not self.trainer.sanity_checking:
             self.history[-1]["nll_bpd"] = bpd.item()
+
+    def setup(self, stage: str) -> None:
+        # the bars inside long evaluations (genlab.progress) follow the run's own progress bar
+        progress.set_enabled(self.trainer.progress_bar_callback is not None)
 
     def on_fit_start(self) -> None:
         done = self.history[-1]["seconds"] if self.history else 0.0
@@ -293,6 +307,16 @@ class GenerativeModule(L.LightningModule):
                 rest = {k: v for k, v in state.items() if not k.startswith("nets.")}
                 adapted = self.family.adapt_state(self.nets, nets)
                 checkpoint[key] = {**rest, **{f"nets.{k}": v for k, v in adapted.items()}}
+
+
+def example_standard_error(n: int, nll: float, nll_sq: float, dims: int) -> dict[str, float]:
+    """``{"nll_bpd_se": sd / sqrt(n)}`` of the mean NLL over ``n`` examples from the sums of ``nll`` and
+    ``nll^2`` (nats), in bits/dim; empty for fewer than two examples (an unknown error is not a zero one)."""
+    if n < 2:
+        return {}
+    mean = nll / n
+    var = max(nll_sq / n - mean * mean, 0.0) * n / (n - 1)
+    return {"nll_bpd_se": math.sqrt(var / n) / (dims * math.log(2))}
 
 
 def _accepts(factory: Callable[..., Any], name: str) -> bool:

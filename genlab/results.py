@@ -22,11 +22,13 @@ def _nll(metrics: dict[str, Any], stage: str, kind: str | None, unit: str) -> di
     bound, ...); ``{"nll_kind": "none"}`` where the family has none or it was not evaluated."""
     if kind is None or f"{stage}/nll_nats" not in metrics:
         return {"nll_kind": "none"}
+    errors = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith(f"{stage}/nll_bpd_se")}
     return {
         "nll_bpd": float(metrics[f"{stage}/nll_bpd"]),
         "nll_nats": float(metrics[f"{stage}/nll_nats"]),
         "nll_kind": kind,
         "unit": unit,
+        **errors,  # nll_bpd_se: the per-example standard error; a family may add others (nll_bpd_se_*)
     }
 
 

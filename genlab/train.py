@@ -236,10 +236,16 @@ def report(results: dict[str, Any]) -> str:
     """The closing lines a user reads: test NLL and where everything is."""
     t = results["test"]
     nll = (
-        f"test NLL: {t['nll_bpd']:.4f} {t['unit']} ({t['nll_kind']}) = {t['nll_nats']:.2f} nats/example"
+        f"test NLL: {t['nll_bpd']:.4f}{_pm(t)} {t['unit']} ({t['nll_kind']}) = {t['nll_nats']:.2f} nats/example"
         if t["nll_kind"] != "none" else f"test NLL: — ({results['family']} has no likelihood)"
     )
     return f"{nll}\nsamples: {results['samples']}\ncheckpoint: {results['checkpoint']}\nresults: {results['path']}"
+
+
+def _pm(stage: dict[str, Any]) -> str:
+    """`` ± SE`` of an NLL where its standard error over the test examples was measured (it includes the
+    Monte Carlo variation of an estimated NLL: the diffusion bound's timestep subsample, the IWAE draws)."""
+    return f" ± {stage['nll_bpd_se']:.4f}" if "nll_bpd_se" in stage else ""
 
 
 def _record_refusal(cfg: DictConfig, err: Exception) -> None:

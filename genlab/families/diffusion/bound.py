@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from genlab import interrupt
+from genlab import interrupt, progress
 from genlab.families.diffusion.model import DiffusionModel
 from genlab.families.diffusion.process import stratified_timesteps
 
@@ -54,10 +54,13 @@ def kl_terms(model: DiffusionModel, x0: Tensor, ts: Tensor, chunk: int) -> Tenso
     with at most ``chunk`` (example, timestep) pairs per network call."""
     k_per_call = max(1, chunk // x0.shape[0])
     rows = []
-    for part in ts.split(k_per_call):
-        interrupt.check("during the diffusion bound")  # a stop request between chunks of timesteps
-        xs = x0.repeat(part.shape[0], *([1] * (x0.ndim - 1)))
-        rows.append(model.draw_term(xs, part.flatten()).view(part.shape[0], -1))
+    with progress.bar(f"bound: {ts.shape[0]} KL terms of {x0.shape[0]} examples", total=ts.shape[0],
+                      unit="timestep") as bar:
+        for part in ts.split(k_per_call):
+            interrupt.check("during the diffusion bound")  # a stop request between chunks of timesteps
+            xs = x0.repeat(part.shape[0], *([1] * (x0.ndim - 1)))
+            rows.append(model.draw_term(xs, part.flatten()).view(part.shape[0], -1))
+            bar.advance(part.shape[0])
     return torch.cat(rows)
 
 

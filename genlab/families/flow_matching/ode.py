@@ -32,7 +32,7 @@ from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS
 from torchdiffeq._impl.solvers import FixedGridODESolver
 
-from genlab import interrupt
+from genlab import interrupt, progress
 
 LOG_2PI = math.log(2 * math.pi)
 State = Tensor | tuple[Tensor, ...]
@@ -90,12 +90,29 @@ class ODESolver:
         """The state at ``t1`` of ``dy/dt = f(t, y)``, ``y(t0) = y0`` (a tensor or a tuple of tensors)."""
         ref = y0[0] if isinstance(y0, tuple) else y0
         t = torch.tensor([t0, t1], dtype=ref.dtype, device=ref.device)
-        out = odeint(f, y0, t, method=self.method, rtol=self.rtol, atol=self.atol, options=self._options())
+        with progress.bar(f"ODE solve ({self.method}) from t={t0:g} to {t1:g}", total=1.0, unit="of t") as bar:
+            out = odeint(_reporting(f, bar, t0, t1), y0, t, method=self.method, rtol=self.rtol, atol=self.atol,
+                         options=self._options())
         return tuple(o[-1] for o in out) if isinstance(out, tuple) else out[-1]
 
     def __repr__(self) -> str:
         spec = f"rtol={self.rtol}, atol={self.atol}" if self.adaptive else f"steps={self.steps}"
         return f"ODESolver({self.method}, {spec})"
+
+
+def _reporting(f: Dynamics, bar: progress.Bar, t0: float, t1: float) -> Dynamics:
+    """``f`` that moves ``bar`` to the share of ``[t0, t1]`` reached at each evaluation (an ETA for adaptive
+    solves, whose number of steps is not known in advance)."""
+    span, calls = abs(t1 - t0) or 1.0, [0]
+
+    def g(t: Tensor, y: State) -> State:
+        calls[0] += 1
+        bar.reach(min(1.0, abs(float(t.detach()) - t0) / span))
+        if calls[0] % 10 == 0:
+            bar.note(f"nfe={calls[0]}")
+        return f(t, y)
+
+    return g
 
 
 @dataclass
