@@ -7,6 +7,7 @@ valid choices, found by asking every option of the ``model`` / ``loss`` config g
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 from collections.abc import Callable
@@ -183,6 +184,25 @@ def upgraded(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """``cfg`` with the ``key=value`` overrides merged in. An override that changes a node's ``_target_``
+    (``model.sampler._target_=...Heun``, or ``model.sampler='{_target_: ..., steps: 10}'``) replaces that
+    node: the old class's keys (DDIM's ``eta``) would not fit the new one."""
+    patch, cfg = OmegaConf.from_dotlist(list(overrides)), copy.deepcopy(cfg)
+    for path in _retargeted(cfg, patch):
+        OmegaConf.update(cfg, path, {}, merge=False)
+    return OmegaConf.merge(cfg, patch)
+
+
+def _retargeted(cfg: Any, patch: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the nodes of ``cfg`` whose ``_target_`` ``patch`` changes."""
+    if not (OmegaConf.is_dict(cfg) and OmegaConf.is_dict(patch)):
+        return []
+    if "_target_" in patch and "_target_" in cfg and patch["_target_"] != cfg["_target_"]:
+        return [prefix.rstrip(".")]
+    return [p for k in patch if k in cfg for p in _retargeted(cfg[k], patch[k], f"{prefix}{k}.")]
+
+
 def load_run(ckpt_path: str, map_location: str = "cpu", overrides: list[str] | None = None) -> tuple[Any, Any]:
     """Rebuild a trained run from a checkpoint alone: ``(module, datamodule)``.
 
@@ -197,7 +217,7 @@ def load_run(ckpt_path: str, map_location: str = "cpu", overrides: list[str] | N
     ckpt = read_checkpoint(ckpt_path, map_location=map_location)
     cfg = upgraded(OmegaConf.create(ckpt.get("genlab_config") or {}))
     if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = apply_overrides(cfg, overrides)
     if "model" not in cfg:
         raise CheckpointError(f"{ckpt_path} is not a genlab checkpoint (no genlab_config). Fix: pass a genlab run's "
                               "checkpoints/*.ckpt (or its run directory)")

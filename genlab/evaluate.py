@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from genlab import progress
 from genlab.builders import load_run
 from genlab.checkpoints import CheckpointError
 from genlab.data.base import DataError
@@ -76,7 +77,7 @@ def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = Non
     if samples is not None:
         x = torch.load(samples, map_location="cpu")[:n]
     else:
-        x = torch.cat([module.sample(min(250, n - i), seed=seed + i) for i in range(0, n, 250)])
+        x = draw_samples(module, n, seed)
     seconds = time.perf_counter() - t0
     ref = reference_set(dm, n)
     out = {
@@ -92,6 +93,16 @@ def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = Non
     path.write_text(json.dumps(out, indent=2))
     out["path"] = str(path)
     return out
+
+
+def draw_samples(module: Any, n: int, seed: int, chunk: int = 250) -> torch.Tensor:
+    """``n`` samples of ``module`` in chunks of ``chunk`` (chunk ``i`` seeded ``seed + i``), with a bar."""
+    out = []
+    with progress.bar(f"drawing {n} samples", total=n, unit="sample") as bar:
+        for i in range(0, n, chunk):
+            out.append(module.sample(min(chunk, n - i), seed=seed + i))
+            bar.advance(len(out[-1]))
+    return torch.cat(out)
 
 
 def quality_path(run_dir: Path, overrides: list[str]) -> Path:
