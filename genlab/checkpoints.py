@@ -166,7 +166,8 @@ def differences(a: str | Path, b: str | Path) -> list[str]:
 
 # -- run identity -----------------------------------------------------------------------------
 # keys that name where a run writes or how it reports, not what it computes
-_NOT_IDENTITY = ("paths", "ckpt_path", "logger")
+# and how fast it runs (threads, compilation): the same maths
+_NOT_IDENTITY = ("paths", "ckpt_path", "logger", "threads", "compile")
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -180,7 +181,7 @@ def config_hash(config: dict[str, Any]) -> str:
 # optimizer, scheduler, seed) lives in or shaped the checkpoint's state, so a change would be
 # recorded without being applied.
 RESUMABLE = (
-    "ckpt_path", "paths", "logger", "callbacks", "num_samples",
+    "ckpt_path", "paths", "logger", "callbacks", "num_samples", "threads", "compile",
     "trainer.max_steps", "trainer.max_epochs", "trainer.max_time", "trainer.min_steps", "trainer.min_epochs",
     "trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.val_check_interval",
     "trainer.check_val_every_n_epoch", "trainer.num_sanity_val_steps", "trainer.enable_progress_bar",

@@ -16,6 +16,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from genlab import interrupt, progress
+from genlab.compile import compile_nets
 from genlab.data.base import DataInfo
 from genlab.families.base import Family, Likelihood, LossOutput
 from genlab.metrics.likelihood import nats_to_bpd
@@ -251,6 +252,9 @@ class GenerativeModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         # the bars inside long evaluations (genlab.progress) follow the run's own progress bar
         progress.set_enabled(self.trainer.progress_bar_callback is not None)
+        # the run config's `compile`: the nets compiled in place (genlab.compile; a no-op once compiled); not in
+        # configure_model, which makes Lightning's EMA callback warn about sharding
+        compile_nets(self.family, self.nets, (self.run_config or {}).get("compile"), self.device)
 
     def on_fit_start(self) -> None:
         done = self.history[-1]["seconds"] if self.history else 0.0

@@ -94,7 +94,8 @@ class Family:
     (the base class of the objectives they accept) and :attr:`compare_rank` (their row in the
     comparison table), and implement :meth:`build`, :meth:`loss`, :meth:`sample` and the
     capabilities they have. :attr:`why_not` says, per capability they lack, why (shown when a
-    task is refused).
+    task is refused); :attr:`compile_refusal`, where set, why their nets cannot run under
+    ``torch.compile`` (the run config's ``compile`` key, :mod:`genlab.compile`), with the fix.
     """
 
     name: str = "base"
@@ -102,6 +103,7 @@ class Family:
     nll_kind: NLLKind = "none"
     compare_rank: ClassVar[int] = 1000
     why_not: ClassVar[dict[type, str]] = {}
+    compile_refusal: ClassVar[str | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -142,7 +142,8 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder):
     def log_density(self, nets: Nets, y: Tensor, likelihood: ODELikelihood) -> tuple[Tensor, str, int]:
         """Continuous ``log p_1(y)`` ``(B,)`` in nats, the divergence kind and the NFE of the solve."""
         velocity = CountedVelocity(nets["velocity"])
-        log_p, kind = likelihood.log_density(velocity, y)
+        with torch.compiler.set_stance("force_eager"):  # batched VJPs of compiled graphs fail (run config `compile`)
+            log_p, kind = likelihood.log_density(velocity, y)
         return log_p, kind, velocity.nfe
 
     def log_likelihood(

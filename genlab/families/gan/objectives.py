@@ -32,7 +32,9 @@ def input_gradient(critic: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``grad_x sum_i D(x_i)`` at ``x`` (detached here), per example ``(B, *shape)``; kept in the graph
     (``create_graph``) so that a penalty on it trains the critic's parameters."""
     x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    with torch.compiler.set_stance("force_eager"):  # compiled graphs have no double backward (run config `compile`)
+        d = critic(x)
+    (grad,) = torch.autograd.grad(d.sum(), x, create_graph=True)
     return grad
 
 
