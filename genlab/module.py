@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 from genlab import interrupt, progress
 from genlab.compile import compile_nets
 from genlab.data.base import DataInfo
+from genlab.finite import FiniteWatch
 from genlab.families.base import Family, Likelihood, LossOutput
 from genlab.metrics.likelihood import nats_to_bpd
 
@@ -79,6 +80,7 @@ class GenerativeModule(L.LightningModule):
         self._val_aborted = False  # a stop request arrived during this validation
         self.group_names = list(family.param_groups(self.nets))
         self.automatic_optimization = not family.schedule()
+        self._finite = FiniteWatch()  # the finite-loss check (deferred on an accelerator)
 
     # -- training ----------------------------------------------------------------------
     def _reseed(self, offset: int) -> None:
@@ -129,20 +131,32 @@ class GenerativeModule(L.LightningModule):
         return out.loss.detach()
 
     def _check(self, out: LossOutput) -> None:
-        """Raise before the update if the loss is not finite or the family reports divergence."""
-        nonfinite = not torch.isfinite(out.loss.detach())
-        reason = f"The training loss is {out.loss.item()}" if nonfinite else self.family.diverged(out)
-        if reason is None:
-            return
+        """Raise before the update if the loss is not finite or the family reports divergence. On an
+        accelerator, without waiting for the device (:mod:`genlab.finite`): a non-finite loss is found a
+        step or two later, and the family's divergence check runs on logging steps only."""
+        bad, deferred = self._finite.check(self.global_step, out.loss), self._finite.is_deferred(out.loss)
+        if bad is not None:
+            self._stop(out, f"The training loss is {bad.loss.item()}", nonfinite=True,
+                       late=bad.step if deferred else None)
+        if not deferred or self._logging_step():
+            reason = self.family.diverged(out)
+            if reason is not None:
+                self._stop(out, reason, nonfinite=False, late=None)
+
+    def _stop(self, out: LossOutput, reason: str, nonfinite: bool, late: int | None) -> None:
+        """Raise the one-paragraph error of a diverged run (``late``: the earlier step it came from)."""
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.logs.items()) or "none"
         ckpt = checkpoint_paths(self.trainer)["last"]
         saved = f"the last good checkpoint is {ckpt}" if ckpt else "no checkpoint was saved before it"
         resume = "resume with ckpt_path=<that checkpoint>" if ckpt else "train again"
         fix = ("Fix: lower optimizer.lr, clip gradients (trainer.gradient_clip_val=1.0, automatic-optimisation "
                "families), or check the data for invalid values; then " if nonfinite else "After the fix above, ")
+        when = (f"at step {late} (found at step {self.global_step}: on an accelerator the check does not wait for "
+                f"the device, so the weights were updated with it; the checkpoints on disk are from before it)"
+                if late is not None else f"at step {self.global_step}")
+        state = f"The weights were not updated with it; {saved}" if late is None else saved[0].upper() + saved[1:]
         raise (NonFiniteLossError if nonfinite else TrainingDivergedError)(
-            f"{reason} at step {self.global_step} (family={self.family.name}, terms: {terms}). The weights were "
-            f"not updated with it; {saved}. {fix}{resume}."
+            f"{reason} {when} (family={self.family.name}, terms: {terms}). {state}. {fix}{resume}."
         )
 
     def configure_optimizers(self) -> Any:

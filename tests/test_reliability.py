@@ -383,3 +383,48 @@ def test_a_resumed_checkpoint_is_read_once(make_cfg, monkeypatch):
     monkeypatch.setattr(genlab.train, "read_checkpoint", counted)
     run(make_cfg(*FAST, "trainer.max_steps=8", f"ckpt_path={part['checkpoints']['last']}", name="res"))
     assert reads.count(part["checkpoints"]["last"]) == 1  # checked against the config, then served to Lightning
+
+
+def test_a_deferred_finite_check_stops_the_run_a_step_later_and_says_so(make_cfg, monkeypatch):
+    """On an accelerator the check reads the loss without waiting for the device (genlab.finite); forced
+    here on the CPU, a NaN at one step stops the run at the next one, naming both steps."""
+    from genlab import finite, module
+    from genlab.families.vae import objectives
+    from genlab.module import NonFiniteLossError
+
+    original, calls = objectives.ELBO.__call__, []
+
+    def poisoned(self, vae, nets, x):
+        out = original(self, vae, nets, x)
+        calls.append(1)
+        if len(calls) == 3:  # the third training step
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(objectives.ELBO, "__call__", poisoned)
+    monkeypatch.setattr(module, "FiniteWatch", lambda: finite.FiniteWatch(deferred=True))
+    with pytest.raises(NonFiniteLossError, match=r"nan at step 2 \(found at step 3: on an accelerator") as err:
+        run(make_cfg(*FAST))
+    assert "were updated with it" in str(err.value) and len(calls) == 4
+
+
+def test_the_finite_watch_waits_for_flags_that_have_not_arrived():
+    import torch
+
+    from genlab.finite import FiniteWatch, Pending
+
+    class Event:
+        done = False
+
+        def query(self):
+            return self.done
+
+    watch, ev = FiniteWatch(deferred=True), Event()
+    watch.pending.append(Pending(7, torch.tensor(False), torch.tensor(float("inf")), ev))
+    assert watch.first_nonfinite() is None and len(watch.pending) == 1  # not on the host yet: no wait, no verdict
+    ev.done = True
+    bad = watch.first_nonfinite()
+    assert bad is not None and bad.step == 7 and not watch.pending
+    assert watch.check(8, torch.tensor(1.0)) is None and len(watch.pending) == 1  # read at the next step
+    assert watch.check(9, torch.tensor(float("nan"))) is None  # step 8 was fine; 9 is read at step 10
+    assert watch.check(10, torch.tensor(1.0)).step == 9
