@@ -90,6 +90,21 @@ def test_ema_decay_warms_up_then_stays_at_its_setting():
     assert late.item() == pytest.approx(0.001)
 
 
+def test_the_grouped_ema_update_is_the_warm_ema_of_every_tensor():
+    from genlab.callbacks.ema import EMAWarmup, warm_ema
+
+    avg, cur = [torch.zeros(3), torch.full((2, 2), 4.0)], [torch.ones(3), torch.zeros(2, 2)]
+    expected = [a.clone() for a in avg]
+    for n in range(4):
+        EMAWarmup(0.999)(avg, cur, torch.tensor(n))
+        expected = [warm_ema(e, c, torch.tensor(n), decay=0.999) for e, c in zip(expected, cur)]
+    for a, e in zip(avg, expected):
+        torch.testing.assert_close(a, e)
+    counters, now = [torch.tensor(3)], [torch.tensor(7)]
+    EMAWarmup(0.999)(counters, now, torch.tensor(5))
+    assert int(counters[0]) == 7  # integer buffers (BatchNorm's counter) are copied
+
+
 class DtypeProbe(Family, Likelihood):
     """A linear 'model' that records the dtype its matmul runs in, in training and evaluation."""
 

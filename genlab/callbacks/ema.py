@@ -10,7 +10,6 @@ Use it from a model config::
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any
 
 import lightning as L
@@ -33,6 +32,25 @@ def warm_ema(averaged: Tensor, current: Tensor, num_averaged: Tensor, decay: flo
     return torch.lerp(averaged, current, 1.0 - warm_decay(decay, num_averaged))
 
 
+class EMAWarmup:
+    """``multi_avg_fn`` of :class:`~torch.optim.swa_utils.AveragedModel`: :func:`warm_ema` on a whole
+    group of tensors in one ``torch._foreach_lerp_`` (not one Python call per tensor), with the warmed-up
+    weight computed on the tensors' device (no host-device synchronisation per step). Integer buffers
+    (BatchNorm's counter) are copied."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+
+    @torch.no_grad()
+    def __call__(self, ema: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
+        if not ema[0].is_floating_point():
+            torch._foreach_copy_(ema, current)
+            return
+        n = n_averaged.to(ema[0].device, torch.float64)
+        decay = torch.clamp((1.0 + n) / (10.0 + n), max=self.decay)
+        torch._foreach_lerp_(ema, current, (1.0 - decay).to(ema[0].dtype))
+
+
 class EMAWeightAveraging(_LightningEMA):
     """Lightning's :class:`~lightning.pytorch.callbacks.EMAWeightAveraging` (EMA weights for
     validation, in the checkpoint's ``state_dict`` and in the model after training) with two fixes.
@@ -53,7 +71,8 @@ class EMAWeightAveraging(_LightningEMA):
     def __init__(self, decay: float = 0.999, warmup: bool = True, **kwargs: Any) -> None:
         super().__init__(decay=decay, **kwargs)
         if warmup:
-            self._kwargs["avg_fn"] = partial(warm_ema, decay=decay)
+            self._kwargs.pop("avg_fn", None)
+            self._kwargs["multi_avg_fn"] = EMAWarmup(decay)
 
     @property
     def average(self) -> L.LightningModule | None:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from genlab.callbacks.ema import warm_decay
+from genlab.callbacks.ema import EMAWarmup
 from genlab.data.base import DataInfo
 from genlab.data.scaling import BinScale
 from genlab.families.base import Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
@@ -58,24 +58,6 @@ from genlab.families.gan.topk import TopK
 from genlab.nets import input_kind_error
 
 Group = Literal["generator", "discriminator"]
-
-
-class EMAWarmup:
-    """``multi_avg_fn`` of :class:`~torch.optim.swa_utils.AveragedModel`: an EMA whose decay
-    warms up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (TensorFlow's
-    ``ExponentialMovingAverage(num_updates)``), so short runs are not dominated by the
-    initial weights. Integer buffers (BatchNorm's counter) are copied."""
-
-    def __init__(self, decay: float) -> None:
-        self.decay = decay
-
-    @torch.no_grad()
-    def __call__(self, ema: list[Tensor], current: list[Tensor], n_averaged: Tensor) -> None:
-        weight = 1.0 - warm_decay(self.decay, n_averaged)
-        if ema[0].is_floating_point():
-            torch._foreach_lerp_(ema, current, weight)
-        else:
-            torch._foreach_copy_(ema, current)
 
 
 class GAN(Family):
