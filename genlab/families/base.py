@@ -39,6 +39,7 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor, nn
 
+from genlab.conditioning import ClassCondition
 from genlab.data.base import DataInfo
 from genlab.metrics.likelihood import LogLikelihood, NLLKind
 
@@ -104,6 +105,9 @@ class Family:
     compare_rank: ClassVar[int] = 1000
     why_not: ClassVar[dict[type, str]] = {}
     compile_refusal: ClassVar[str | None] = None
+    #: the run's condition (``+conditional=class``), set before :meth:`build` by the builders; None: unconditional.
+    #: Only a :class:`Conditional` family accepts one (:func:`genlab.builders.build_family`).
+    condition: ClassCondition | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -326,3 +330,42 @@ class EnergyScorer(Capability):
     def score_energy(self, nets: Nets, x: Tensor) -> Tensor:
         """Discrete ``x`` -> ``E`` per example ``(B,)``, higher = less likely."""
         raise NotImplementedError
+
+
+class Conditional(Capability):
+    """Class-conditional modelling (``+conditional=class``): with ``self.condition`` set (a
+    :class:`~genlab.conditioning.ClassCondition`), :meth:`build` adds the condition's embedding to the
+    nets, :meth:`Family.loss` and :meth:`Family.log_likelihood` read ``batch["y"]`` (``log p(x | y)``)
+    and :meth:`Family.sample` takes ``y=`` (``(n,)`` labels; None draws them from the prior ``p(y)``).
+    Without a condition the family is the unconditional model it always was.
+
+    ``default_label_dropout``: the share of training labels replaced by the null label when
+    ``conditional.dropout`` is null (> 0 for families with classifier-free guidance);
+    ``guidance``: how :meth:`Family.sample`'s sampler takes a guidance weight, for reports
+    (empty: the family has no guidance).
+    """
+
+    missing = "it has no class-conditional model yet"
+    default_label_dropout: ClassVar[float] = 0.0
+    guidance: ClassVar[str] = ""
+
+    def label_dropout(self) -> float:
+        """The share of training labels dropped (``conditional.dropout``, else the family's default)."""
+        cond = self.condition  # type: ignore[attr-defined]
+        return self.default_label_dropout if cond is None or cond.dropout is None else float(cond.dropout)
+
+    def training_labels(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The batch's labels, checked, with the label dropout applied: what :meth:`Family.loss` conditions on."""
+        cond = self.condition  # type: ignore[attr-defined]
+        return cond.drop(cond.check(batch.get("y"), len(batch["x"])), self.label_dropout())
+
+    def labels(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The batch's labels, checked (the null label allowed): what :meth:`Family.log_likelihood` conditions on."""
+        return self.condition.check(batch.get("y"), len(batch["x"]), allow_null=True)  # type: ignore[attr-defined]
+
+    def sampling_labels(self, n: int, y: Tensor | None, device: Any) -> Tensor:
+        """``y`` checked for ``n`` samples (the null label allowed), or ``n`` labels drawn from ``p(y)``."""
+        cond = self.condition  # type: ignore[attr-defined]
+        if y is None:
+            return cond.sample_labels(n, device)
+        return cond.check(y, n, allow_null=True).to(device)
