@@ -20,8 +20,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import genlab.runs  # noqa: F401  (registers the ${genlab_run_id:} resolver of configs/train.yaml)
+from genlab.conditioning import ClassCondition, ConditionError, label_prior
 from genlab.data.base import DataError, DataInfo
-from genlab.families.base import Family, IncompatibleConfigError
+from genlab.families.base import Conditional, Family, IncompatibleConfigError, able
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,40 @@ def compose_run(overrides: list[str] | tuple[str, ...] = (), output_dir: str | P
     return cfg
 
 
-def build_family(cfg: DictConfig) -> Family:
-    """Instantiate ``cfg.model`` with ``cfg.loss`` as its training objective."""
-    return instantiate(cfg.model, objective=instantiate(cfg.loss))
+def build_family(cfg: DictConfig, datamodule: Any = None) -> Family:
+    """Instantiate ``cfg.model`` with ``cfg.loss`` as its training objective; for a conditional run
+    (``cfg.conditional``, e.g. ``+conditional=class``) with the condition built for ``datamodule``'s
+    labels (:func:`build_condition`; ``datamodule`` is then required)."""
+    family = instantiate(cfg.model, objective=instantiate(cfg.loss))
+    if cfg.get("conditional"):
+        if datamodule is None:
+            raise IncompatibleConfigError("a conditional run's family is built with its datamodule (the labels give "
+                                          "the number of classes and p(y)): build_family(cfg, datamodule)")
+        family.condition = build_condition(cfg, family, datamodule)
+    return family
+
+
+def build_condition(cfg: DictConfig, family: Family, datamodule: Any) -> ClassCondition:
+    """The run's :class:`~genlab.conditioning.ClassCondition` (``cfg.conditional``): the number of classes
+    from the data's metadata, ``p(y)`` from the train split's labels. Refuses data without labels and
+    families that are not :class:`~genlab.families.base.Conditional`, naming the ones that are."""
+    info = datamodule.info
+    if not isinstance(family, Conditional):
+        raise IncompatibleConfigError(
+            f"+conditional=class cannot train family {family.name!r}: {Conditional.missing}. Families with a "
+            f"conditional model: {able(Conditional)}. Fix: pick one of them (model=...), or drop +conditional")
+    train = datamodule.splits["train"]
+    if info.num_classes is None or train.y is None:
+        labelled = ", ".join(labelled_datasets()) or "none"
+        raise IncompatibleConfigError(
+            f"+conditional=class needs labels, and dataset {info.name!r} has none{datamodule.source()}. Datasets with "
+            f"labels: {labelled} (an `array` .npz with a `y` array has them too). Fix: choose one of them, or drop "
+            "+conditional")
+    factory = build_for_user("conditional", lambda: instantiate(cfg.conditional))
+    try:
+        return factory(num_classes=info.num_classes, prior=label_prior(train.y, info.num_classes))
+    except ConditionError as err:
+        raise IncompatibleConfigError(str(err)) from None
 
 
 def build_for_user(what: str, make: Callable[[], Any]) -> Any:
@@ -99,6 +131,19 @@ def _valid(group: str, accept) -> list[str]:
             if accept(instantiate(load_option(group, name))):
                 out.append(name)
         except Exception:  # an option that cannot be built stand-alone is simply not listed
+            continue
+    return out
+
+
+def labelled_datasets() -> list[str]:
+    """The ``dataset`` options whose data carry class labels (``info.num_classes``), with their defaults."""
+    out = []
+    for name in group_options("dataset"):
+        node = OmegaConf.merge({"seed": 0, "paths": {"data_dir": "data"}}, {"dataset": load_option("dataset", name)})
+        try:
+            if instantiate(node.dataset).info.num_classes:
+                out.append(name)
+        except Exception:  # an option that cannot be built stand-alone (a required path) is not listed
             continue
     return out
 
@@ -222,7 +267,7 @@ def load_run(ckpt_path: str, map_location: str = "cpu", overrides: list[str] | N
         raise CheckpointError(f"{ckpt_path} is not a genlab checkpoint (no genlab_config). Fix: pass a genlab run's "
                               "checkpoints/*.ckpt (or its run directory)")
     datamodule = instantiate(cfg.dataset)
-    module = GenerativeModule(build_family(cfg), datamodule.info, instantiate(cfg.optimizer), build_scheduler(cfg),
+    module = GenerativeModule(build_family(cfg, datamodule), datamodule.info, instantiate(cfg.optimizer), build_scheduler(cfg),
                               cfg.seed, OmegaConf.to_container(cfg))
     module.on_load_checkpoint(ckpt)  # as Lightning does: the family adapts the saved weights to its config
     try:

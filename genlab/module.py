@@ -19,8 +19,9 @@ from genlab import interrupt, progress
 from genlab.compile import compile_nets
 from genlab.data.base import DataInfo
 from genlab.finite import FiniteWatch
-from genlab.families.base import Family, Likelihood, LossOutput
-from genlab.metrics.likelihood import nats_to_bpd
+from genlab.conditioning import marginal_log_likelihood
+from genlab.families.base import Conditional, Family, Likelihood, LossOutput
+from genlab.metrics.likelihood import LogLikelihood, nats_to_bpd
 
 
 # examples of each batch that the sanity check evaluates before training (it proves the evaluation code
@@ -73,6 +74,7 @@ class GenerativeModule(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.seed, self.run_config = seed, run_config
         self.nll = torch.nn.ModuleDict({"val": MeanMetric(), "test": MeanMetric()})
+        self.conditional = isinstance(family, Conditional) and family.condition is not None
         self.nll_kind: dict[str, str] = {}
         self._sums: dict[str, dict[str, Tensor]] = {"val": {}, "test": {}}  # per-example statistics, summed
         self.history: list[dict[str, float]] = []  # per validation epoch: step, seconds, nll_bpd
@@ -204,12 +206,8 @@ class GenerativeModule(L.LightningModule):
             return
         if self._trainer is not None and self.trainer.sanity_checking:
             batch = {k: v[:SANITY_EXAMPLES] for k, v in batch.items()}  # the code path, not the figure
-        self._reseed(10**9 + batch_idx)
-        # likelihoods in full precision whatever trainer.precision trains in (bf16-mixed autocasts
-        # the steps): a bound or an exact NLL must not depend on the training speed-up
         try:
-            with torch.autocast(self.device.type, enabled=False):
-                ll = self.family.log_likelihood(self.nets, batch, stage=stage)
+            ll = self.likelihood(batch, stage, seed=10**9 + batch_idx)
         except interrupt.RunInterrupted:
             if stage != "val":
                 raise
@@ -221,10 +219,49 @@ class GenerativeModule(L.LightningModule):
         self.nll_kind[stage] = ll.kind
         self._accumulate(stage, ll)
 
+    def likelihood(self, batch: dict[str, Tensor], stage: str, seed: int) -> LogLikelihood | None:
+        """The family's ``log P(x)`` of ``batch`` in full precision (whatever ``trainer.precision`` trains
+        in: a bound or an exact NLL must not depend on the training speed-up), with the randomness seeded
+        by ``seed``. A conditional model's is the marginal over classes with the conditional
+        ``log p(x | y)`` of the batch's labels in ``extras["cond_log_px"]`` (:meth:`class_log_likelihoods`)."""
+        with torch.autocast(self.device.type, enabled=False):
+            if not self.conditional:
+                self._reseed(seed)
+                return self.family.log_likelihood(self.nets, batch, stage=stage)
+            per_class, ll = self.class_log_likelihoods(batch, stage, seed)
+        if ll is None:
+            return None
+        marginal = marginal_log_likelihood(per_class, self.family.condition.log_prior(per_class.device))
+        return LogLikelihood(marginal, ll.kind, {**ll.extras, "cond_log_px": ll.log_px.double()})
+
+    def class_log_likelihoods(self, batch: dict[str, Tensor], stage: str = "test",
+                              seed: int = 0) -> tuple[Tensor, LogLikelihood | None]:
+        """``log p(x | y = k)`` for every class ``k``: ``(B, K)`` float64, and the family's result for
+        the batch's own labels (its extras). Every class is evaluated with the same random numbers
+        (common random numbers: a Monte Carlo bound's differences between classes have less noise)."""
+        labels = self.family.condition.check(batch.get("y"), len(batch["x"]))
+        results = []
+        for k in range(self.family.condition.num_classes):
+            self._reseed(seed)
+            results.append(self.family.log_likelihood(self.nets, {**batch, "y": torch.full_like(labels, k)},
+                                                      stage=stage))
+        if results[0] is None:
+            return torch.empty(len(labels), 0), None
+        per_class = torch.stack([r.log_px.double() for r in results], dim=1)
+        own = labels[:, None].to(per_class.device)
+        extras = {key: torch.stack([r.extras[key] for r in results], 1).gather(1, own)[:, 0]
+                  for key in results[0].extras}
+        return per_class, LogLikelihood(per_class.gather(1, own)[:, 0], results[0].kind, extras)
+
     def _accumulate(self, stage: str, ll: Any) -> None:
-        """Sum ``nll``, ``nll_sq`` and every per-example extra of the result in float64."""
+        """Sum ``nll``, ``nll_sq`` and every per-example extra of the result in float64 (a conditional
+        model's ``cond_log_px`` as ``cond_nll`` and ``cond_nll_sq``)."""
         nll = -ll.log_px.detach().double()
-        terms = {"nll": nll, "nll_sq": nll * nll, **{k: v.detach().double() for k, v in ll.extras.items()}}
+        extras = {k: v.detach().double() for k, v in ll.extras.items()}
+        if "cond_log_px" in extras:
+            cond = -extras.pop("cond_log_px")
+            extras.update(cond_nll=cond, cond_nll_sq=cond * cond)
+        terms = {"nll": nll, "nll_sq": nll * nll, **extras}
         sums = self._sums[stage]
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value.sum()
@@ -240,6 +277,10 @@ class GenerativeModule(L.LightningModule):
         reduced = {k: float(v) for k, v in zip(keys, total)}
         n = int(reduced.pop("n"))
         stats = example_standard_error(n, reduced["nll"], reduced["nll_sq"], self.info.dims)
+        if "cond_nll" in reduced:  # a conditional model: log p(x | y) beside the marginal
+            cond, cond_sq = reduced.pop("cond_nll"), reduced.pop("cond_nll_sq")
+            stats.update(cond_nll_nats=cond / n, cond_nll_bpd=cond / n / (self.info.dims * math.log(2)))
+            stats.update({f"cond_{k}": v for k, v in example_standard_error(n, cond, cond_sq, self.info.dims).items()})
         stats.update(self.family.summarize_likelihood(self.nets, n, reduced))
         for key, value in stats.items():
             self.log(f"{stage}/{key}", float(value), sync_dist=False)
@@ -303,12 +344,23 @@ class GenerativeModule(L.LightningModule):
         finally:
             self.train(was_training)
 
-    def sample(self, n: int, seed: int | None = None) -> Tensor:
-        """``n`` samples in data space, in eval mode, optionally with a fixed seed."""
+    def sample(self, n: int, seed: int | None = None, y: Tensor | None = None) -> Tensor:
+        """``n`` samples in data space, in eval mode, optionally with a fixed seed. A conditional model
+        takes labels ``y`` ``(n,)`` (None: drawn from ``p(y)``, samples of the marginal); an unconditional
+        one refuses them."""
         with self.inference():
             if seed is not None:
                 torch.manual_seed(seed)
+            if self.conditional:
+                return self.family.sample(self.nets, n, y=y)
+            if y is not None:
+                raise ValueError(f"labels were given, but this {self.family.name} model is unconditional. Fix: drop "
+                                 "them, or train with +conditional=class")
             return self.family.sample(self.nets, n)
+
+    def grid_labels(self, n: int) -> Tensor | None:
+        """Labels of a sample grid of about ``n`` images with one row per class (None: unconditional)."""
+        return self.family.condition.grid_labels(n) if self.conditional else None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["genlab_config"] = self.run_config

@@ -22,13 +22,16 @@ def _nll(metrics: dict[str, Any], stage: str, kind: str | None, unit: str) -> di
     bound, ...); ``{"nll_kind": "none"}`` where the family has none or it was not evaluated."""
     if kind is None or f"{stage}/nll_nats" not in metrics:
         return {"nll_kind": "none"}
-    errors = {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith(f"{stage}/nll_bpd_se")}
+    errors = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()
+              if k.startswith((f"{stage}/nll_bpd_se", f"{stage}/cond_nll"))}
     return {
         "nll_bpd": float(metrics[f"{stage}/nll_bpd"]),
         "nll_nats": float(metrics[f"{stage}/nll_nats"]),
         "nll_kind": kind,
         "unit": unit,
-        **errors,  # nll_bpd_se: the per-example standard error; a family may add others (nll_bpd_se_*)
+        # nll_bpd_se: the per-example standard error; a family may add others (nll_bpd_se_*); a conditional
+        # model's log p(x | y): cond_nll_bpd, cond_nll_nats, cond_nll_bpd_se (nll_bpd is then the marginal)
+        **errors,
     }
 
 
@@ -60,9 +63,19 @@ def _identity(cfg: DictConfig, chosen: dict[str, str], module: GenerativeModule)
         "loss": chosen.get("loss"),
         "dataset": module.info.name,
         "seed": cfg.get("seed"),
+        "conditional": _condition(module),
         "sweep_group": sweep_group(),
         "wandb_group": (wandb_cfg.get("group") or sweep_group()) if wandb_cfg else None,
     }
+
+
+def _condition(module: GenerativeModule) -> dict[str, Any] | None:
+    """A conditional run's condition: classes, the prior ``p(y)``, the label dropout; None if unconditional."""
+    if not module.conditional:
+        return None
+    cond = module.family.condition
+    return {"kind": "class", "num_classes": cond.num_classes, "prior": list(cond.prior),
+            "dropout": module.family.label_dropout()}
 
 
 def _progress(module: GenerativeModule, trainer: L.Trainer, timings: dict[str, float]) -> dict[str, Any]:

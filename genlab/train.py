@@ -24,7 +24,7 @@ from genlab import interrupt, quiet, runs
 from genlab.builders import (CONFIG_DIR, build_callbacks_and_loggers, build_family, build_for_user, build_scheduler,
                              check_compatible, choices, sweep_group)
 from genlab.callbacks.guard import RunGuard
-from genlab.callbacks.samples import write_samples
+from genlab.callbacks.samples import draw_grid, write_samples
 from genlab.callbacks.summary import ModelSummary
 from genlab.checkpoints import (AtomicCheckpointIO, CheckpointError, CheckpointWriteError, check_resume,
                                 read_checkpoint)
@@ -56,9 +56,9 @@ def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Train
         return metrics, None
     interrupt.check("before sampling")
     t0 = time.perf_counter()
-    x = module.sample(cfg.num_samples, seed=cfg.seed)
-    timings["samples_per_second"] = cfg.num_samples / (time.perf_counter() - t0)
-    path = write_samples(x, module.info, Path(cfg.paths.output_dir) / "samples")
+    x, nrow = draw_grid(module, cfg.num_samples, cfg.seed)  # conditional: one row per class
+    timings["samples_per_second"] = len(x) / (time.perf_counter() - t0)
+    path = write_samples(x, module.info, Path(cfg.paths.output_dir) / "samples", nrow)
     torch.save(x.cpu(), path.with_suffix(".pt"))  # the raw samples, for genlab-eval --samples
     sample_metrics = {f"samples/{k}": v for k, v in dm.sample_metrics(x).items()}
     return {**metrics, **sample_metrics}, str(path)
@@ -168,7 +168,7 @@ def build_run(cfg: DictConfig, run_config: dict, chosen: dict[str, str],
               read: dict[str, dict]) -> tuple[GenerativeModule, Any, L.Trainer, RunGuard]:
     """Datamodule, module (family, optimizer, schedule), trainer with every callback and logger."""
     datamodule = build_for_user("dataset", lambda: instantiate(cfg.dataset))
-    family = build_for_user("model / loss", lambda: build_family(cfg))
+    family = build_for_user("model / loss", lambda: build_family(cfg, datamodule))
     check_compatible(family, datamodule.info, chosen)
     optimizer = build_for_user("optimizer", lambda: instantiate(cfg.optimizer))
     scheduler = build_for_user("scheduler", lambda: build_scheduler(cfg))
@@ -255,7 +255,7 @@ def _record_refusal(cfg: DictConfig, err: Exception) -> None:
         return
     chosen = choices(cfg)
     try:
-        family = build_family(cfg).name
+        family = instantiate(cfg.model, objective=instantiate(cfg.loss)).name
     except Exception:  # the model config itself is broken: name the option
         family = chosen.get("model")
     try:

@@ -16,7 +16,7 @@ def test_exact_entropy_matches_the_empirical_log_loss_of_drawn_points(kw):
     dm = Mixture2DDataModule(**kw)
     p = dm.bin_probs()
     assert p.sum().item() == pytest.approx(1.0, abs=1e-12) and (p >= 0).all()
-    x = dm.draw(50_000, torch.Generator().manual_seed(1)).long()
+    x = dm.draw(50_000, torch.Generator().manual_seed(1))[0].long()
     logp = p[x[:, 0], x[:, 1]].log()
     se = logp.std().item() / math.sqrt(len(logp))
     assert -logp.mean().item() == pytest.approx(dm.entropy_nats(), abs=4 * se)
@@ -26,10 +26,10 @@ def test_exact_entropy_matches_the_empirical_log_loss_of_drawn_points(kw):
 
 def test_mode_coverage_counts_modes_and_quality():
     dm = Mixture2DDataModule()
-    real = dm.draw(4000, torch.Generator().manual_seed(2))
+    real = dm.draw(4000, torch.Generator().manual_seed(2))[0]
     m = dm.sample_metrics(real)
     assert m["modes_covered"] == 8 and m["high_quality"] > 0.97
-    one_mode = dm.draw(4000, torch.Generator().manual_seed(3))
+    one_mode = dm.draw(4000, torch.Generator().manual_seed(3))[0]
     one_mode[:] = one_mode[0]  # mode collapse onto one point
     assert dm.sample_metrics(one_mode)["modes_covered"] == 1
     noise = torch.randint(0, 256, (4000, 2), generator=torch.Generator().manual_seed(4)).to(torch.uint8)

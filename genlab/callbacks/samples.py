@@ -27,8 +27,9 @@ def image_grid(x: Tensor, levels: int, nrow: int | None = None, min_tile: int = 
     return make_grid(x, nrow=nrow or math.ceil(math.sqrt(len(x))), padding=scale, pad_value=0.5)
 
 
-def write_samples(x: Tensor, info: DataInfo, path: str | Path) -> Path:
-    """Write samples in data space: a PNG grid for images, a text file for text.
+def write_samples(x: Tensor, info: DataInfo, path: str | Path, nrow: int | None = None) -> Path:
+    """Write samples in data space: a PNG grid for images (``nrow`` images a row; default square),
+    a text file for text.
 
     Returns the path written (``.png`` or ``.txt`` suffix, chosen from the data kind).
     """
@@ -43,8 +44,17 @@ def write_samples(x: Tensor, info: DataInfo, path: str | Path) -> Path:
     if info.kind == "points":
         scatter_png(x.cpu(), info.levels, path)
         return path
-    save_image(image_grid(x.cpu(), info.levels), path)
+    save_image(image_grid(x.cpu(), info.levels, nrow=nrow), path)
     return path
+
+
+def draw_grid(module: L.LightningModule, n: int, seed: int) -> tuple[Tensor, int | None]:
+    """About ``n`` samples for a grid and the images per row: a conditional model's with one row per
+    class (``n // K`` of each), an unconditional model's ``n`` in a square."""
+    y = module.grid_labels(n)
+    if y is None:
+        return module.sample(n, seed=seed), None
+    return module.sample(len(y), seed=seed, y=y), len(y) // module.family.condition.num_classes
 
 
 def scatter_png(x: Tensor, levels: int, path: Path) -> None:
@@ -76,8 +86,9 @@ class SampleGrid(L.Callback):
             return
         self.drawn_epoch = trainer.current_epoch
         with torch.random.fork_rng(devices=[]):
-            x = pl_module.sample(self.n, seed=self.seed)
-        path = write_samples(x, pl_module.info, Path(trainer.default_root_dir) / "samples" / f"epoch={trainer.current_epoch:04d}")
+            x, nrow = draw_grid(pl_module, self.n, self.seed)
+        path = write_samples(x, pl_module.info, Path(trainer.default_root_dir) / "samples" / f"epoch={trainer.current_epoch:04d}",
+                             nrow)
         self._log(trainer, path, x, pl_module.info)
 
     @staticmethod

@@ -39,6 +39,7 @@ class DataInfo:
         num_classes: number of labels where the data has labels (for classifiers), else None.
         entropy_nats: the true entropy of the data distribution in nats per example, where it
             is known exactly (``toy`` data), else None.
+        cond_entropy_nats: the true conditional entropy ``H(X | Y)`` given the label, where known.
         vocab: for text, the characters in id order.
     """
 
@@ -48,6 +49,7 @@ class DataInfo:
     levels: int
     num_classes: int | None = None
     entropy_nats: float | None = None
+    cond_entropy_nats: float | None = None
     vocab: tuple[str, ...] | None = field(default=None, repr=False)
 
     @property

@@ -69,36 +69,47 @@ class Mixture2DDataModule(InMemoryDataModule):
     @property
     def info(self) -> DataInfo:
         return DataInfo(name=f"mixture2d_{self.mode}{self.num_modes}", kind="points", shape=(2,), levels=self.levels,
-                        entropy_nats=self.entropy_nats())
+                        entropy_nats=self.entropy_nats(), num_classes=self.num_modes,
+                        cond_entropy_nats=self.cond_entropy_nats())
 
     # -- exact probabilities -------------------------------------------------------------
     def bin_probs(self) -> Tensor:
         """``P(bin_x = i, bin_y = j)`` as an ``(L, L)`` float64 tensor (sums to 1)."""
+        return self.component_bin_probs().mean(0)
+
+    def component_bin_probs(self) -> Tensor:
+        """``P(bin_x = i, bin_y = j | mode k)`` as a ``(K, L, L)`` float64 tensor (the label is the mode)."""
         edges = torch.linspace(-1, 1, self.levels + 1, dtype=torch.float64)
         edges[0], edges[-1] = -math.inf, math.inf  # the edge bins take the clamped tails
         normal = torch.distributions.Normal(torch.zeros((), dtype=torch.float64), torch.ones((), dtype=torch.float64))
         cdf = normal.cdf((edges[None, :, None] - self.centers[:, None, :]) / self.std)  # (K, L+1, 2)
         mass = (cdf[:, 1:] - cdf[:, :-1]).clamp_min(0)  # (K, L, 2)
-        return torch.einsum("ki,kj->ij", mass[..., 0], mass[..., 1]) / self.num_modes
+        return torch.einsum("ki,kj->kij", mass[..., 0], mass[..., 1])
 
     def entropy_nats(self) -> float:
         """Exact entropy of one discretised point in nats."""
         p = self.bin_probs()
         return float(-(p * p.clamp_min(1e-300).log()).sum())
 
+    def cond_entropy_nats(self) -> float:
+        """Exact ``H(X | Y)`` of a discretised point given its mode, in nats."""
+        p = self.component_bin_probs()
+        return float(-(p * p.clamp_min(1e-300).log()).sum((1, 2)).mean())
+
     # -- data ----------------------------------------------------------------------------
     def to_unit(self, x: Tensor) -> Tensor:
         """Bin indices -> bin centres in ``[-1, 1]^2``."""
         return -1 + (2 * x.double() + 1) / self.levels
 
-    def draw(self, n: int, g: torch.Generator) -> Tensor:
+    def draw(self, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` points (bins, uint8 ``(n, 2)``) and their modes ``(n,)`` (the labels)."""
         k = torch.randint(0, self.num_modes, (n,), generator=g)
         pts = self.centers[k] + self.std * torch.randn(n, 2, generator=g, dtype=torch.float64)
         bins = torch.floor((pts.clamp(-1, 1) + 1) * self.levels / 2).clamp(0, self.levels - 1)
-        return bins.to(torch.uint8)
+        return bins.to(torch.uint8), k
 
     def load_splits(self) -> dict[str, TensorSplit]:
-        return {split: TensorSplit(self.draw(n, torch.Generator().manual_seed(self.seed * 31 + 7 + i)))
+        return {split: TensorSplit(*self.draw(n, torch.Generator().manual_seed(self.seed * 31 + 7 + i)))
                 for i, (split, n) in enumerate(self.sizes.items())}
 
     def sample_metrics(self, x: Tensor) -> dict[str, float]:
