@@ -159,3 +159,32 @@ def test_label_dropout_uses_the_null_label():
     assert float((y == 4).double().mean()) == pytest.approx(0.5, abs=0.02)
     assert torch.equal(cond.drop(y, 0.0), y)
     assert cond.grid_labels(10).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_the_generative_classifier_reaches_the_bayes_accuracy_and_never_beats_it(tiny, tmp_path):
+    from genlab.tasks.cli import run_task
+    from genlab.train import run
+
+    res = run(_cfg(tmp_path, "+conditional=class", "trainer.max_steps=300", "num_samples=0"))
+    out = run_task("classify", [f"ckpt={Path(res['path']).parent}", "n=3000", f"out={tmp_path / 'clf'}"])
+    bayes = ToyDataModule(mode="classes", shape=(1, 2, 2), levels=3, num_templates=3, sharpness=2.0).bayes_accuracy()
+    # never above the Bayes-optimal accuracy by more than 3 standard errors, and close to it
+    assert bayes - 0.03 <= out["accuracy"] <= bayes + 3 * out["accuracy_se"]
+    assert out["source"] == "exact" and 0 <= out["ece"] < 0.05
+    # the label's worth: an estimate of I(X; Y) in [0, H(Y)]; the exact I(X;Y) = H(X) - H(X|Y)
+    info = ToyDataModule(mode="classes", shape=(1, 2, 2), levels=3, num_templates=3, sharpness=2.0).info
+    mi_bits = (info.entropy_nats - info.cond_entropy_nats) / math.log(2)
+    assert 0 <= out["label_bits"] <= out["label_entropy_bits"]
+    assert out["label_bits"] == pytest.approx(mi_bits, abs=4 * out["label_bits_se"] + 0.02)
+    assert (tmp_path / "clf" / "reliability.png").exists()
+    assert json.loads((tmp_path / "clf" / "classify.json").read_text())["n"] == 3000
+
+
+def test_classify_refuses_an_unconditional_run(tiny, tmp_path):
+    from genlab.tasks.base import TaskError
+    from genlab.tasks.cli import run_task
+    from genlab.train import run
+
+    res = run(_cfg(tmp_path, "trainer.max_steps=5", "num_samples=0"))
+    with pytest.raises(TaskError, match=r"unconditional.*\+conditional=class"):
+        run_task("classify", [f"ckpt={Path(res['path']).parent}", f"out={tmp_path / 'clf'}"])

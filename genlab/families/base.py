@@ -363,6 +363,12 @@ class Conditional(Capability):
         """The batch's labels, checked (the null label allowed): what :meth:`Family.log_likelihood` conditions on."""
         return self.condition.check(batch.get("y"), len(batch["x"]), allow_null=True)  # type: ignore[attr-defined]
 
+    def class_scores(self, nets: Nets, x: Tensor) -> Tensor | None:
+        """``log p(x, y)`` up to a per-example constant ``(B, K)``, where the family has its own
+        classifier head (a JEM energy's logits); None (the default): the generative classifier is
+        computed from :meth:`Family.log_likelihood` per class and the prior."""
+        return None
+
     def sampling_labels(self, n: int, y: Tensor | None, device: Any) -> Tensor:
         """``y`` checked for ``n`` samples (the null label allowed), or ``n`` labels drawn from ``p(y)``."""
         cond = self.condition  # type: ignore[attr-defined]

@@ -63,4 +63,6 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("compress", "lossless compression to a real bitstream (rANS coding with the model's "
          "conditionals), bit-exact round trip; size vs NLL, PNG, gzip, xz", (Need(fb.SequentialCoder),),
          "genlab.tasks.compress"),
+    Task("classify", "a class-conditional run as a Bayes classifier p(y|x) ∝ p(x|y) p(y): accuracy, label NLL, "
+         "calibration (ECE, reliability PNG), bits the label is worth", (Need(fb.Conditional),), "genlab.tasks.classify"),
 ]}
