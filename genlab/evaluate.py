@@ -7,6 +7,12 @@ Draws ``--n`` samples from the run's checkpoint (or reads a saved uint8 tensor w
 train split; see :mod:`genlab.metrics.quality`) against held-out real images (the test split)
 and prints them next to the floor: the same metrics for other held-out real images (the
 validation split). Writes ``quality.json`` in the run directory.
+
+A class-conditional run (``+conditional=class``) draws its samples for the labels of the reference
+images (so the samples' class mix is the reference's) and adds ``conditional``: the samples' label
+accuracy (the classifier agrees with the requested label) and the intra-class FD (per class, averaged).
+``--guidance 1,2,4`` sweeps the guidance weight of a family with guidance (``model.sampler.guidance``):
+FD and label accuracy per weight in ``guidance_sweep.json`` / ``.md`` / ``.png``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from genlab import progress
 from genlab.builders import load_run
 from genlab.checkpoints import CheckpointError
 from genlab.data.base import DataError
-from genlab.metrics.quality import get_classifier, inception_metrics, quality_metrics, real_floor, reference_set
+from genlab.families.base import Conditional
+from genlab.metrics.quality import (conditional_quality, get_classifier, inception_metrics, quality_metrics, real_floor,
+                                    reference_labels, reference_set)
 
 COLUMNS = ("fd", "kid", "precision", "recall", "density", "coverage", "confident_share")
 
@@ -73,13 +81,14 @@ def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = Non
     overrides = list(overrides or [])
     module, dm = load_run(str(ckpt), overrides=overrides)
     clf, meta = run_classifier(module, dm, cache_dir)
+    ref, ref_y = reference_set(dm, n), reference_labels(dm, n)
+    y = ref_y if module.conditional and samples is None else None  # the reference's labels, in its order
     t0 = time.perf_counter()
     if samples is not None:
         x = torch.load(samples, map_location="cpu")[:n]
     else:
-        x = draw_samples(module, n, seed)
+        x = draw_samples(module, n, seed, y)
     seconds = time.perf_counter() - t0
-    ref = reference_set(dm, n)
     out = {
         "run": str(run_dir), "checkpoint": str(ckpt), "family": module.family.name, "n": len(x),
         "sample_seconds_per_1000": None if samples is not None else 1000 * seconds / len(x),
@@ -88,6 +97,7 @@ def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = Non
         "floor": floor if floor is not None else real_floor(clf, dm, n),
         "inception": inception_metrics(ref, x.to(ref.dtype), dm.info.levels),
         "overrides": overrides,
+        "conditional": conditional_quality(clf, ref, ref_y, x.to(ref.dtype), y) if y is not None else None,
     }
     path = quality_path(run_dir, overrides)
     path.write_text(json.dumps(out, indent=2))
@@ -95,12 +105,15 @@ def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = Non
     return out
 
 
-def draw_samples(module: Any, n: int, seed: int, chunk: int = 250) -> torch.Tensor:
-    """``n`` samples of ``module`` in chunks of ``chunk`` (chunk ``i`` seeded ``seed + i``), with a bar."""
+def draw_samples(module: Any, n: int, seed: int, y: torch.Tensor | None = None, chunk: int = 250) -> torch.Tensor:
+    """``n`` samples of ``module`` in chunks of ``chunk`` (chunk ``i`` seeded ``seed + i``), with a bar;
+    ``y``: the labels ``(n,)`` of a conditional model's samples (None: drawn from ``p(y)`` where it has labels)."""
+    n = n if y is None else len(y)
     out = []
     with progress.bar(f"drawing {n} samples", total=n, unit="sample") as bar:
         for i in range(0, n, chunk):
-            out.append(module.sample(min(chunk, n - i), seed=seed + i))
+            labels = None if y is None else y[i:i + chunk]
+            out.append(module.sample(min(chunk, n - i), seed=seed + i, **({} if labels is None else {"y": labels})))
             bar.advance(len(out[-1]))
     return torch.cat(out)
 
@@ -121,7 +134,67 @@ def table(out: dict[str, Any]) -> str:
     hist = ", ".join(f"{v:.2f}" for v in out["samples"]["class_hist"])
     inc = out.get("inception", {})
     inception = inc.get("notice") or f"Inception FID {inc['fid']:.3f}, IS {inc['is']:.3f} +- {inc['is_std']:.3f}"
-    return "\n".join([head, *rows, f"\nclass histogram of samples: [{hist}]", inception])
+    cond = out.get("conditional")
+    lines = [head, *rows, f"\nclass histogram of samples: [{hist}]", inception]
+    if cond:
+        fd = "—" if cond["intra_fd"] is None else f"{cond['intra_fd']:.4g}"
+        lines.append(f"conditional samples: label accuracy {cond['label_accuracy']:.4f}, intra-class FD {fd}")
+    return "\n".join(lines)
+
+
+def guidance_sweep(source: str | Path, weights: list[float], n: int = 1000, seed: int = 0,
+                   cache_dir: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """FD and label accuracy of a conditional run's samples per guidance weight (``model.sampler.guidance``);
+    writes ``guidance_sweep.json``, ``.md`` and ``.png`` in the run directory."""
+    ckpt, run_dir = find_checkpoint(source)
+    module, dm = load_run(str(ckpt))
+    family = module.family
+    if not (isinstance(family, Conditional) and family.guidance):
+        raise ValueError(f"the {family.name} family has no guidance weight to sweep; families with guidance: "
+                         f"{', '.join(c.name for c in _guided())}. Fix: drop --guidance")
+    floor, rows = None, []
+    for w in weights:
+        q = evaluate(source, n, seed=seed, cache_dir=cache_dir, floor=floor,
+                     overrides=[*(overrides or []), f"model.sampler.guidance={w}"])
+        floor = q["floor"]
+        cond = q["conditional"] or {}
+        rows.append({"weight": w, "fd": q["samples"]["fd"], "label_accuracy": cond.get("label_accuracy"),
+                     "intra_fd": cond.get("intra_fd"), "precision": q["samples"]["precision"],
+                     "recall": q["samples"]["recall"]})
+    out = {"run": str(run_dir), "family": family.name, "n": n, "rows": rows, "floor_fd": floor["fd"]}
+    write_sweep(out, Path(run_dir))
+    return out
+
+
+def _guided() -> list[type]:
+    from genlab.families.base import registered
+
+    return [c for c in registered() if issubclass(c, Conditional) and c.guidance]
+
+
+def write_sweep(out: dict[str, Any], run_dir: Path) -> None:
+    """The sweep's JSON, its markdown table and the FD / label-accuracy curves against the weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (run_dir / "guidance_sweep.json").write_text(json.dumps(out, indent=2))
+    md = ["| guidance weight | FD | label accuracy | intra-class FD | precision | recall |", "|---|---|---|---|---|---|"]
+    md += [f"| {r['weight']:g} | {r['fd']:.2f} | {r['label_accuracy']:.4f} | {r['intra_fd'] or float('nan'):.2f} | "
+           f"{r['precision']:.3f} | {r['recall']:.3f} |" for r in out["rows"]]
+    (run_dir / "guidance_sweep.md").write_text("\n".join(md) + f"\n\nreal-data floor FD {out['floor_fd']:.2f}\n")
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    w = [r["weight"] for r in out["rows"]]
+    ax.plot(w, [r["fd"] for r in out["rows"]], "o-", label="FD")
+    ax.set(xlabel="guidance weight (1 = unguided)", ylabel="FD", title=f"{out['family']}: guidance sweep")
+    twin = ax.twinx()
+    twin.plot(w, [r["label_accuracy"] for r in out["rows"]], "s--", color="C1", label="label accuracy")
+    twin.set_ylabel("label accuracy")
+    fig.legend(loc="upper center", ncol=2, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(run_dir / "guidance_sweep.png")
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,11 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="sampling settings for this evaluation, e.g. model.sampler.steps=20 (the model's "
                         "architecture cannot change); the result goes to quality_<hash>.json")
+    p.add_argument("--guidance", help="comma-separated guidance weights to sweep (conditional runs of a family with "
+                                      "guidance), e.g. 1,2,3,4: FD and label accuracy per weight")
     a = p.parse_intermixed_args(argv)
     if bad := [o for o in a.overrides if "=" not in o]:
         print(f"error: overrides must be key=value, got {bad} (e.g. model.sampler.steps=20)", file=sys.stderr)
         return 2
     try:
+        if a.guidance:
+            sweep = guidance_sweep(a.source, [float(w) for w in a.guidance.split(",")], a.n, a.seed, a.cache_dir,
+                                   a.overrides)
+            print((Path(sweep["run"]) / "guidance_sweep.md").read_text())
+            return 0
         out = evaluate(a.source, a.n, a.samples, a.seed, a.cache_dir, overrides=a.overrides)
     except (FileNotFoundError, ValueError, CheckpointError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -188,3 +188,34 @@ def test_classify_refuses_an_unconditional_run(tiny, tmp_path):
     res = run(_cfg(tmp_path, "trainer.max_steps=5", "num_samples=0"))
     with pytest.raises(TaskError, match=r"unconditional.*\+conditional=class"):
         run_task("classify", [f"ckpt={Path(res['path']).parent}", f"out={tmp_path / 'clf'}"])
+
+
+@pytest.mark.slow
+def test_genlab_eval_scores_conditional_samples_and_a_label_permuted_model_does_worse(tiny, tmp_path):
+    from genlab.builders import compose_run
+    from genlab.checkpoints import read_checkpoint
+    from genlab.evaluate import evaluate, table
+    from genlab.train import run
+
+    cfg = compose_run(["model=independent", f"hydra.searchpath=[file://{TINY / 'configs'}]", "dataset=digits",
+                       "+conditional=class", "optimizer.lr=0.1", "trainer.max_steps=150", "num_samples=0",
+                       "callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"], tmp_path / "run")
+    res = run(cfg)
+    run_dir = Path(res["path"]).parent
+    out = evaluate(run_dir, n=300, cache_dir=tmp_path / "clf")
+    cond = out["conditional"]
+    assert cond["label_accuracy"] > 0.6 and cond["intra_fd"] is not None
+    assert "label accuracy" in table(out)
+    # the same model with its class tables permuted (class k draws class k+1's images): the requested labels
+    # are no longer what the samples show
+    ckpt = Path(res["checkpoint"])
+    state = read_checkpoint(str(ckpt))
+    theta = state["state_dict"]["nets.logits.theta"]
+    perm = torch.cat([torch.arange(1, 10), torch.tensor([0, 10])])
+    state["state_dict"]["nets.logits.theta"] = theta[perm]
+    for key in ("current_model_state",):
+        state.pop(key, None)
+    permuted = tmp_path / "permuted.ckpt"
+    torch.save(state, permuted)
+    worse = evaluate(permuted, n=300, cache_dir=tmp_path / "clf")["conditional"]
+    assert worse["label_accuracy"] < cond["label_accuracy"] - 0.4

@@ -258,6 +258,36 @@ def reference_set(dm: Any, n: int, seed: int = 0) -> Tensor:
     return split_subset(dm.splits["test"], n, seed)
 
 
+def reference_labels(dm: Any, n: int, seed: int = 0) -> Tensor | None:
+    """The labels of :func:`reference_set`'s images (same subset), or None for unlabelled data."""
+    split = dm.splits["test"]
+    if split.y is None:
+        return None
+    return split.y[torch.randperm(len(split.x), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+@torch.no_grad()
+def conditional_quality(clf: FeatureClassifier, real: Tensor, real_y: Tensor, fake: Tensor, fake_y: Tensor,
+                        min_per_class: int = 10) -> dict[str, Any]:
+    """Metrics of class-conditional samples ``fake`` drawn for labels ``fake_y``:
+
+    * ``label_accuracy``: the share whose in-domain classifier label is the requested one;
+    * ``intra_fd``: the Fréchet distance between the samples of class ``c`` and the real images of
+      class ``c`` (classifier features), averaged over the classes with at least ``min_per_class`` of
+      both (``intra_fd_per_class``: each, None where too few)."""
+    f_real, _ = _embed(clf, real)
+    f_fake, probs = _embed(clf, fake)
+    acc = (probs.argmax(-1).cpu() == fake_y.cpu()).double().mean().item()
+    per_class: list[float | None] = []
+    for c in range(probs.shape[-1]):
+        a, b = f_real[real_y.cpu() == c], f_fake[fake_y.cpu() == c]
+        ok = min(len(a), len(b)) >= min_per_class
+        per_class.append(frechet_distance(a.mean(0), a.T.cov(), b.mean(0), b.T.cov()) if ok else None)
+    done = [v for v in per_class if v is not None]
+    return {"label_accuracy": acc, "intra_fd": sum(done) / len(done) if done else None,
+            "intra_fd_per_class": per_class}
+
+
 def real_floor(clf: FeatureClassifier, dm: Any, n: int, seed: int = 0) -> dict[str, Any]:
     """The metrics of other held-out real images (validation split) against the reference: the floor."""
     return quality_metrics(clf, reference_set(dm, n, seed), split_subset(dm.splits["val"], n, seed + 1))

@@ -295,6 +295,10 @@ def run(ctx: TaskContext, cfg: Config) -> dict[str, Any]:
     family, nets, info = ctx.family, ctx.nets, ctx.info
     if not isinstance(family, SequentialCoder):
         raise Unsupported.lacking("compress", family, SequentialCoder)
+    if ctx.module.conditional:
+        raise TaskError("compress codes with the model's unconditional conditionals P(x_d | x_<d); this run is "
+                        "class-conditional, and coding with p(x | y) would need the labels in the bitstream (not "
+                        "implemented). Fix: compress with an unconditional run of the same model")
     if info.levels > 1 << cfg.prob_bits or not 1 <= cfg.prob_bits <= rans.MAX_PROB_BITS:
         raise TaskError(f"prob_bits={cfg.prob_bits} cannot code {info.levels} levels; use "
                         f"{max(1, math.ceil(math.log2(info.levels)))} <= prob_bits <= {rans.MAX_PROB_BITS}")
