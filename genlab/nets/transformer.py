@@ -11,6 +11,12 @@ Positions are learned absolute embeddings or rotary embeddings (RoPE, Su et al. 
 each pair of query/key features is rotated by the angle ``t * theta_i``,
 ``theta_i = 10000^{-2i/hs}``, so ``q_t . k_s`` depends on ``t - s`` only).
 
+**Class token** (``conditional=True``): the input at position 0 is the condition vector ``c``
+(the class embedding, ``(B, d_model)``) instead of the BOS token's embedding, so every causal
+output ``P(x_t | x_{<t}, c)`` attends to it (the class token of conditional Transformer LMs, e.g.
+Keskar et al. 2019's control codes and the class-conditional image GPT of Esser et al. 2021).
+The net adds no parameter; the BOS row stays in the table (same keys) but is not read.
+
 Sampling is incremental: :meth:`TransformerLM.init_state` allocates a key/value cache and every
 :meth:`TransformerLM.next_params` call feeds ONE token through the layers, attending to the
 cached keys/values of the earlier positions (``D`` one-token steps for ``D`` tokens).
@@ -115,6 +121,7 @@ class KVCache:
     keys: list[Tensor]
     values: list[Tensor]
     length: int = 0
+    cond: Tensor | None = None  # the class token's vector (B, C), fed at position 0; None: BOS
 
 
 class TransformerLM(ARNet):
@@ -130,6 +137,8 @@ class TransformerLM(ARNet):
             output is a categorical over the levels (``num_params == levels``).
         dropout: dropout on embeddings, attention weights and residual branches.
         mlp_ratio: hidden width of the MLP as a multiple of ``d_model``.
+        conditional: the input at position 0 is a condition vector ``c (B, d_model)``
+            (:attr:`cond_dim`) instead of the BOS embedding (module docstring).
     """
 
     input_kinds = ("image", "text", "points")
@@ -146,11 +155,13 @@ class TransformerLM(ARNet):
         tie_weights: bool = True,
         dropout: float = 0.0,
         mlp_ratio: int = 4,
+        conditional: bool = False,
     ) -> None:
         super().__init__(shape, levels, num_params)
         if positions not in ("learned", "rotary"):
             raise ValueError(f"positions={positions!r} is unknown; valid: learned, rotary")
         self.d_model, self.n_heads = d_model, n_heads
+        self.cond_dim = d_model if conditional else None
         self.tok_emb = nn.Embedding(levels + 1, d_model)  # id `levels` is BOS
         self.pos_emb = nn.Embedding(self.dims, d_model) if positions == "learned" else None
         self.rope = Rotary(d_model // n_heads, self.dims) if positions == "rotary" else None
@@ -174,9 +185,12 @@ class TransformerLM(ARNet):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * n_layers))
 
     # -- shared pieces -------------------------------------------------------------------
-    def _embed(self, tokens: Tensor, start: int) -> Tensor:
-        """Token ids ``(B, T)`` at positions ``start..`` -> ``(B, T, C)``."""
+    def _embed(self, tokens: Tensor, start: int, c: Tensor | None = None) -> Tensor:
+        """Token ids ``(B, T)`` at positions ``start..`` -> ``(B, T, C)``; with a condition ``c (B, C)``,
+        position 0 (the BOS slot) holds ``c`` instead of the BOS embedding (the class token)."""
         h = self.tok_emb(tokens)
+        if c is not None and start == 0:
+            h = torch.cat([c[:, None].to(h.dtype), h[:, 1:]], dim=1)
         if self.pos_emb is not None:
             h = h + self.pos_emb.weight[start : start + tokens.shape[1]]
         return self.drop(h)
@@ -193,32 +207,37 @@ class TransformerLM(ARNet):
         return torch.cat([bos, seq[:, :-1]], dim=1)
 
     # -- training / likelihood -----------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
-        """``x (B, *shape)`` -> ``params (B, P, D)`` in flat ``(C, H, W)`` layout."""
-        h = self._embed(self.tokens(x), 0)  # (B, D, C)
+    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """``x (B, *shape)`` (and the class token ``c (B, C)`` when conditional) -> ``params (B, P, D)``
+        in flat ``(C, H, W)`` layout."""
+        self.check_condition(x, c)
+        h = self._embed(self.tokens(x), 0, c)  # (B, D, C)
         for block in self.blocks:
             h = block(h, self.rope)
         out = self._head(h).transpose(1, 2)  # (B, P, D), generation order
         return out[:, :, self._inverse]  # position order[t] <- t
 
     # -- incremental sampling ------------------------------------------------------------
-    def init_state(self, x: Tensor) -> KVCache:
-        """An empty key/value cache for the batch ``x``: per layer ``(B, nh, D, hs)``."""
+    def init_state(self, x: Tensor, c: Tensor | None = None) -> KVCache:
+        """An empty key/value cache for the batch ``x``: per layer ``(B, nh, D, hs)``, and the class
+        token ``c (B, C)`` to feed first (when conditional)."""
+        self.check_condition(x, c)
         w = self.tok_emb.weight
         size = (x.shape[0], self.n_heads, self.dims, self.d_model // self.n_heads)
         n = len(self.blocks)
-        return KVCache([w.new_zeros(size) for _ in range(n)], [w.new_zeros(size) for _ in range(n)])
+        return KVCache([w.new_zeros(size) for _ in range(n)], [w.new_zeros(size) for _ in range(n)], cond=c)
 
     def next_params(self, x: Tensor, step: int, state: KVCache) -> Tensor:
-        """Feed one token (BOS at step 0, else ``x`` at ``order[step-1]``) at position ``step``;
-        return the parameters ``(B, P)`` of dimension ``order[step]``. Steps must come in order."""
+        """Feed one token (BOS, or the class token, at step 0, else ``x`` at ``order[step-1]``) at
+        position ``step``; return the parameters ``(B, P)`` of dimension ``order[step]``. Steps must
+        come in order."""
         if step != state.length:
             raise ValueError(f"the cache holds {state.length} positions, so the next step is {state.length}, not {step}")
         if step == 0:
             tok = x.new_full((x.shape[0], 1), self.levels, dtype=torch.long)
         else:
             tok = x.reshape(x.shape[0], -1)[:, self._order[step - 1]].long().unsqueeze(1)  # (B, 1)
-        h = self._embed(tok, step)  # (B, 1, C)
+        h = self._embed(tok, step, state.cond)  # (B, 1, C)
         for block, k, v in zip(self.blocks, state.keys, state.values):
             h = block(h, self.rope, (k, v), step)
         state.length += 1

@@ -12,19 +12,29 @@ one is drawn from ``P(x_d | x_{<d})`` (temperature 1) given everything before it
 dimension comes after every observed one in the order (the bottom half in raster order) this draws
 exactly from ``P(x_missing | x_observed)`` (the chain rule); otherwise the observed dimensions that
 come later than a missing one are ignored when it is drawn (:func:`order_is_exact`).
+
+:class:`~genlab.families.base.Conditional` (``+conditional=class``): ``log P(x | y) = sum_i log
+P(x_{o(i)} | x_{o(<i)}, y)``, every conditional given the class embedding ``c = E[y]`` (the
+condition's :class:`~genlab.conditioning.LabelEmbedding`, ``nets["label"]``, of the net's
+``cond_dim``): the PixelCNN adds ``V^T c`` to every gate of both stacks (van den Oord et al. 2016,
+Eq. 4), the Transformer reads ``c`` as its first token instead of BOS. The chain rule still holds
+for each ``y``, so the conditional likelihood is exact and normalised; no label dropout and no
+guidance by default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from genlab.conditioning import ConditionError
 from genlab.data.base import DataInfo
 from genlab.distributions import Categorical, DiscreteObservation, check_observation
-from genlab.families.base import Family, Inpainter, Likelihood, LossOutput, Nets, SequentialCoder
+from genlab.families.base import Conditional, Family, Inpainter, Likelihood, LossOutput, Nets, SequentialCoder
 from genlab.metrics.likelihood import LN2, LogLikelihood
 from genlab.nets import input_kind_error
 from genlab.nets.ar import ARNet
@@ -51,8 +61,24 @@ def order_is_exact(order: Tensor, missing: Tensor) -> bool:
     return bool((last_seen < first_missing).all())
 
 
-class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter):
+@dataclass
+class CodingState:
+    """What :meth:`Autoregressive.start_coding` returns: the net's incremental state (which carries
+    the condition) and the labels the coding conditions on (None: unconditional)."""
+
+    net: Any
+    labels: Tensor | None
+
+
+class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter, Conditional):
     """Autoregressive family.
+
+    Conditional (``self.condition`` set): :meth:`build` adds the label table ``nets["label"]``
+    (``y -> c (B, net.cond_dim)``) and builds the net with ``conditional=True``; every method then
+    runs the net on ``(x, c)``: ``loss`` on the batch's labels (label dropout only if
+    ``conditional.dropout`` asks), ``log_likelihood`` gives the exact ``log P(x | y)``, ``sample``,
+    ``inpaint`` and the coder take ``y=``. Unconditional (``condition`` None): the same nets and
+    numbers as without conditioning, and a ``y=`` is refused.
 
     Args:
         net: factory ``net(shape=..., levels=..., num_params=...) -> ARNet`` (``_partial_``).
@@ -65,6 +91,8 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter):
     compare_rank = 10
     objective_type = DiscreteObservation
     nll_kind = "exact"
+    default_label_dropout = 0.0  # an exact conditional likelihood needs no null label; no guidance
+    guidance = ""
 
     def __init__(
         self,
@@ -80,16 +108,48 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter):
         return input_kind_error(self.net_factory, info.kind) or check_observation(self.objective, info.kind, info.levels)
 
     def build(self, info: DataInfo) -> Nets:
-        net = self.net_factory(shape=info.shape, levels=info.levels, num_params=self.objective.num_params(info.levels))
-        return Nets(info, {"net": net})
+        """The net (and, when conditional, the label table ``nets["label"]`` of the net's ``cond_dim``)."""
+        kw = {} if self.condition is None else {"conditional": True}
+        net = self.net_factory(shape=info.shape, levels=info.levels, num_params=self.objective.num_params(info.levels),
+                               **kw)
+        if self.condition is None:
+            return Nets(info, {"net": net})
+        return Nets(info, {"net": net, "label": self.condition.embedding(net.cond_dim)})
 
-    def log_px_per_dim(self, nets: nn.ModuleDict, x: Tensor) -> Tensor:
-        """``log P(x_d | x_<d)`` for every dimension, ``(B, D)`` in nats."""
-        params = nets["net"](x)
+    # -- the condition ----------------------------------------------------------------------------
+    def labels_for(self, n: int, y: Tensor | None, device: Any, sampling: bool = False) -> Tensor | None:
+        """The labels ``(n,)`` a method conditions on: None for an unconditional model (which refuses a
+        ``y``); else ``y`` checked (the null label allowed) or, where None, draws from ``p(y)`` when
+        ``sampling``, elsewhere the null label if the nets were trained with label dropout, else draws
+        from ``p(y)``."""
+        if self.condition is None:
+            if y is not None:
+                raise ValueError("this model is unconditional: it takes no labels y=. Fix: leave y out, or train a "
+                                 "class-conditional model (+conditional=class)")
+            return None
+        if y is None and not sampling and self.label_dropout() > 0:
+            y = torch.full((n,), self.condition.null_label, dtype=torch.long)
+        return self.sampling_labels(n, y, device)
+
+    def run_net(self, nets: nn.ModuleDict, x: Tensor, labels: Tensor | None) -> Tensor:
+        """``params (B, P, D)`` of ``x`` given the labels: the net on ``(x, c = E[y])``; on ``x`` alone when
+        ``labels`` is None (unconditional)."""
+        return nets["net"](x) if labels is None else nets["net"](x, nets["label"](labels))
+
+    def start_net(self, nets: nn.ModuleDict, x: Tensor, labels: Tensor | None) -> Any:
+        """The net's incremental state for ``x`` given the labels (it carries ``c = E[y]``)."""
+        return nets["net"].init_state(x) if labels is None else nets["net"].init_state(x, nets["label"](labels))
+
+    # -- training and likelihood ------------------------------------------------------------------
+    def log_px_per_dim(self, nets: nn.ModuleDict, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """``log P(x_d | x_<d, y)`` for every dimension, ``(B, D)`` in nats (``labels`` None: ``P(x_d | x_<d)``)."""
+        params = self.run_net(nets, x, labels)
         return self.objective.log_prob_per_dim(params, x.reshape(x.shape[0], -1), nets.info.levels)
 
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor]) -> LossOutput:
-        nll = -self.log_px_per_dim(nets, batch["x"]).sum(-1)  # (B,) nats
+        """Mean NLL per dimension, ``-log P(x | y) / D`` (``y``: the batch's labels after label dropout)."""
+        labels = None if self.condition is None else self.training_labels(batch)
+        nll = -self.log_px_per_dim(nets, batch["x"], labels).sum(-1)  # (B,) nats
         d = nets.info.dims
         return LossOutput(nll.mean() / d, {"nll_bpd": nll.mean().detach() / (d * LN2)})
 
@@ -97,7 +157,9 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter):
     def log_likelihood(
         self, nets: nn.ModuleDict, batch: dict[str, Tensor], stage: Literal["val", "test"] = "test"
     ) -> LogLikelihood:
-        return LogLikelihood(self.log_px_per_dim(nets, batch["x"]).sum(-1), "exact")
+        """Exact ``log P(x)``, or ``log P(x | y)`` with ``y = batch["y"]`` when conditional (null label allowed)."""
+        labels = None if self.condition is None else self.labels(batch)
+        return LogLikelihood(self.log_px_per_dim(nets, batch["x"], labels).sum(-1), "exact")
 
     def _adjust(self, params: Tensor) -> Tensor:
         """Apply temperature / top-k to one position's parameters ``(B, P)``."""
@@ -110,20 +172,24 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter):
         return params
 
     @torch.no_grad()
-    def sample(self, nets: Nets, n: int, sampler: None = None) -> Tensor:
+    def sample(self, nets: Nets, n: int, sampler: None = None, y: Tensor | None = None) -> Tensor:
         """Ancestral sampling, one dimension at a time in the net's order, batched over ``n`` (temperature
-        and top-k from the config)."""
+        and top-k from the config); conditional: from ``P(x | y)``, ``y (n,)`` (None: drawn from ``p(y)``)."""
         info = nets.info
         dtype = torch.long if info.kind == "text" else torch.uint8
-        x = torch.zeros(n, *info.shape, dtype=dtype, device=next(nets["net"].parameters()).device)
-        return self.ancestral(nets, x, torch.ones_like(x, dtype=torch.bool), adjust=True)
+        device = next(nets["net"].parameters()).device
+        labels = self.labels_for(n, y, device, sampling=True)
+        x = torch.zeros(n, *info.shape, dtype=dtype, device=device)
+        return self.ancestral(nets, x, torch.ones_like(x, dtype=torch.bool), adjust=True, labels=labels)
 
-    def ancestral(self, nets: Nets, x: Tensor, draw: Tensor, adjust: bool = False) -> Tensor:
+    def ancestral(self, nets: Nets, x: Tensor, draw: Tensor, adjust: bool = False,
+                  labels: Tensor | None = None) -> Tensor:
         """Walk the net's order over ``x`` (in place): where ``draw`` (bool, like ``x``) is set, write a draw
-        from ``P(x_d | x_<d)`` (with temperature / top-k when ``adjust``), elsewhere keep ``x``."""
+        from ``P(x_d | x_<d, y)`` (with temperature / top-k when ``adjust``), elsewhere keep ``x``;
+        ``labels``: ``y`` (checked; None for an unconditional model)."""
         net: ARNet = nets["net"]
         flat, where = x.view(len(x), -1), draw.reshape(len(x), -1)
-        state = net.init_state(x)
+        state = self.start_net(nets, x, labels)
         for step, pos in enumerate(net.order().tolist()):
             params = net.next_params(x, step, state)  # every step: incremental nets need them in order
             if bool(where[:, pos].any()):
@@ -136,9 +202,12 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter):
     inpaint_method = "conditional ancestral sampling"
 
     @torch.no_grad()
-    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: object = None) -> Tensor:
-        """Draw the missing dimensions in ``net.order()`` from ``P(x_d | x_<d)`` at temperature 1."""
-        return self.ancestral(nets, torch.where(missing, torch.zeros_like(x), x), missing)
+    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: object = None,
+                y: Tensor | None = None) -> Tensor:
+        """Draw the missing dimensions in ``net.order()`` from ``P(x_d | x_<d, y)`` at temperature 1
+        (``y``: labels of a conditional model; None: :meth:`labels_for`'s default)."""
+        labels = self.labels_for(len(x), y, x.device)
+        return self.ancestral(nets, torch.where(missing, torch.zeros_like(x), x), missing, labels=labels)
 
     def inpaint_is_exact(self, nets: Nets, missing: Tensor) -> bool:
         return order_is_exact(nets["net"].order(), missing)
@@ -147,9 +216,19 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter):
     def coding_order(self, nets: Nets) -> Tensor:
         return nets["net"].order()
 
-    def start_coding(self, nets: Nets, x: Tensor) -> object:
-        return nets["net"].init_state(x)
+    def start_coding(self, nets: Nets, x: Tensor, y: Tensor | None = None) -> CodingState:
+        """The incremental state for coding ``x``, conditioned on ``y`` (a conditional model's labels,
+        fixed for the whole coding; None: :meth:`labels_for`'s default, which the decoder must repeat)."""
+        labels = self.labels_for(len(x), y, x.device)
+        return CodingState(self.start_net(nets, x, labels), labels)
 
-    def next_log_probs(self, nets: Nets, x: Tensor, step: int, state: object) -> Tensor:
-        """``(B, L)`` log-probabilities of the levels at the ``step``-th position, temperature 1."""
-        return level_log_probs(self.objective, nets["net"].next_params(x, step, state), nets.info.levels)
+    def next_log_probs(self, nets: Nets, x: Tensor, step: int, state: CodingState, y: Tensor | None = None) -> Tensor:
+        """``(B, L)`` log-probabilities ``log P(x_d = l | x_<d, y)`` of the levels at the ``step``-th
+        position, temperature 1. ``y`` is optional: the labels are those of :meth:`start_coding`, and
+        a ``y`` given here must be the same."""
+        if y is not None:
+            labels = self.labels_for(len(x), y, x.device)
+            if state.labels is None or not torch.equal(labels, state.labels):
+                raise ConditionError("the labels of a coding are fixed when it starts: pass the same y to "
+                                     "start_coding and next_log_probs")
+        return level_log_probs(self.objective, nets["net"].next_params(x, step, state.net), nets.info.levels)
