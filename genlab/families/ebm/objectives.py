@@ -18,6 +18,10 @@ class ContrastiveDivergence(EBMObjective):
     ``y- ~ p_θ`` (the SGLD samples stand in for it; they are detached, so no gradient flows
     through the sampler). The penalty keeps energies near zero and training stable.
 
+    Class-conditional (JEM-style, Grathwohl et al. 2020): with ``labels`` ``y`` the same loss on
+    ``E(y+, y)`` and ``E(y-, y)``, the negatives drawn by SGLD on ``E(., y)`` for the same labels: the
+    maximum-likelihood gradient of ``log p(x | y)`` (the null label: of the marginal ``log p(x)``).
+
     Logs: ``e_data``, ``e_sample`` (mean energies), ``cd`` (their difference), ``reg`` (the
     penalty before ``alpha``), ``e_abs_max`` (largest ``|E|`` in the batch, for divergence checks).
     """
@@ -27,8 +31,10 @@ class ContrastiveDivergence(EBMObjective):
             raise ValueError(f"loss.alpha={alpha} must be >= 0")
         self.alpha = alpha
 
-    def __call__(self, ebm: EBM, nets: nn.ModuleDict, y_data: Tensor, y_sample: Tensor) -> LossOutput:
-        energies = ebm.energy(nets, torch.cat([y_data, y_sample.detach()]))  # one pass: (B+ + B-,)
+    def __call__(self, ebm: EBM, nets: nn.ModuleDict, y_data: Tensor, y_sample: Tensor,
+                 labels: Tensor | None = None) -> LossOutput:
+        both = None if labels is None else torch.cat([labels, labels])
+        energies = ebm.energy(nets, torch.cat([y_data, y_sample.detach()]), both)  # one pass: (B+ + B-,)
         e_pos, e_neg = energies[: len(y_data)], energies[len(y_data):]
         cd = e_pos.mean() - e_neg.mean()
         reg = (e_pos**2).mean() + (e_neg**2).mean()

@@ -18,7 +18,10 @@ targets ``exp(-E)`` itself (needed where the EBM's exact likelihood is reported)
 variant of Grathwohl et al. 2020, "JEM", Alg. 1): every training step draws ``B`` states,
 re-initialises a share ``reinit_prob`` of them from uniform noise, runs SGLD and writes them
 back. It is an ``nn.Module`` with a registered buffer, so it lives in the checkpoint and a
-resumed run continues the same chains.
+resumed run continues the same chains. A class-conditional EBM's buffer is per class (as JEM's
+class-conditional sampler, Grathwohl et al. 2020, App. H): ``partitions = K`` equal parts of the
+slots, part ``y`` holding the chains of ``p(x | y)``; a draw for a label takes slots of its part,
+a draw for the null label (the marginal ``p(x)``) or without labels takes any slot.
 """
 
 from __future__ import annotations
@@ -93,14 +96,17 @@ class ReplayBuffer(nn.Module):
     """Fixed-size store of persistent SGLD states, ``samples``: ``(capacity, *shape)``.
 
     Initialised with uniform noise in ``[low, high]``; a registered (persistent) buffer, so it
-    is saved in and restored from checkpoints with the networks.
+    is saved in and restored from checkpoints with the networks. ``partitions = K > 1``: per-class
+    chains, slot ``i`` of class ``i // (capacity // K)`` (module docstring).
     """
 
-    def __init__(self, capacity: int, shape: Sequence[int], low: float = -1.0, high: float = 1.0) -> None:
+    def __init__(self, capacity: int, shape: Sequence[int], low: float = -1.0, high: float = 1.0,
+                 partitions: int = 1) -> None:
         super().__init__()
-        if capacity < 1:
-            raise ValueError(f"the replay buffer needs capacity >= 1, got {capacity} (model.buffer_size)")
-        self.low, self.high = low, high
+        if capacity < max(1, partitions):
+            raise ValueError(f"the replay buffer needs capacity >= 1 and at least one slot per class "
+                             f"({partitions}), got {capacity} (model.buffer_size)")
+        self.low, self.high, self.partitions = low, high, partitions
         self.register_buffer("samples", self.noise(capacity, tuple(shape)))
 
     def noise(self, n: int, shape: tuple[int, ...] | None = None, device: torch.device | None = None) -> Tensor:
@@ -108,17 +114,30 @@ class ReplayBuffer(nn.Module):
         shape = tuple(self.samples.shape[1:]) if shape is None else shape
         return torch.rand(n, *shape, device=device) * (self.high - self.low) + self.low
 
-    def draw(self, n: int, reinit_prob: float = 0.0) -> tuple[Tensor, Tensor]:
+    def draw(self, n: int, reinit_prob: float = 0.0, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``n`` random slots and their states; a share ``reinit_prob`` replaced by fresh noise.
+        ``labels`` ``(n,)`` (a per-class buffer): each slot from its label's part (any slot for a
+        label ``>= partitions``, the null label).
 
         Returns:
             ``(idx, x)``: slot indices ``(n,)`` and states ``(n, *shape)`` (a copy).
         """
-        idx = torch.randint(0, len(self.samples), (n,), device=self.samples.device)
+        if labels is None or self.partitions == 1:
+            idx = torch.randint(0, len(self.samples), (n,), device=self.samples.device)
+        else:
+            idx = self.class_slots(labels.to(self.samples.device))
         x = self.samples[idx].clone()
         fresh = torch.rand(n, device=x.device) < reinit_prob
         x[fresh] = self.noise(int(fresh.sum()), device=x.device)
         return idx, x
+
+    def class_slots(self, labels: Tensor) -> Tensor:
+        """A random slot of each label's part ``(n,)`` (any slot for the null label)."""
+        size = len(self.samples)
+        per = size // self.partitions
+        u = torch.rand(labels.shape, dtype=torch.float64, device=labels.device)
+        within = labels * per + (u * per).long().clamp(max=per - 1)
+        return torch.where(labels < self.partitions, within, (u * size).long().clamp(max=size - 1))
 
     @torch.no_grad()
     def update(self, idx: Tensor, x: Tensor) -> None:

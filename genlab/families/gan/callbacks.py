@@ -45,21 +45,31 @@ def calibration_images(dm, n: int = 1000, seed: int = 8765) -> torch.Tensor:
     return split_subset(dm.splits["val"], n, seed)
 
 
+def calibration_labels(dm, n: int = 1000, seed: int = 8765) -> torch.Tensor | None:
+    """The labels of :func:`calibration_images` (the same seeded subset), None where the split has none:
+    a class-conditional GAN scores each held-out image with its own label."""
+    split = dm.splits["val"]
+    if getattr(split, "y", None) is None:
+        return None
+    return split.y[torch.randperm(len(split.y), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 class RejectionCalibrator(L.Callback):
     """Calibrates a GAN's discriminator rejection sampler (``model.sampler.rejection``; the
     calibration is ``nets["rejection"]``) whenever samples or a checkpoint may follow a change of
     the discriminator: at the start of every validation (so the validation's samples and the
     checkpoints written after it use a calibration for the current discriminator), at the end of
     every training epoch (checkpoints written there) and at the end of training. ``n`` validation
-    images against ``n`` draws of the configured sampler's steps before rejection
-    (:meth:`GAN.calibrate_rejection`); skipped while the calibration is still for the current
-    weights and proposals. Logs ``val/drs_acceptance`` (the expected share of proposals kept).
+    images (with their labels, for a class-conditional GAN) against ``n`` draws of the configured
+    sampler's steps before rejection (:meth:`GAN.calibrate_rejection`); skipped while the calibration
+    is still for the current weights and proposals. Logs ``val/drs_acceptance`` (the expected share of proposals kept).
     Does nothing for other families or without a rejection step (the GAN model configs add it as
     ``callbacks.gan_rejection``)."""
 
     def __init__(self, n: int = 1000, seed: int = 8765) -> None:
         self.n, self.seed = n, seed
         self.images: torch.Tensor | None = None  # the calibration images, selected once
+        self.labels: torch.Tensor | None = None  # their labels (conditional GANs)
 
     def _calibrate(self, trainer: L.Trainer, pl_module: GenerativeModule, log: bool = False) -> None:
         family, dm = pl_module.family, trainer.datamodule
@@ -70,9 +80,11 @@ class RejectionCalibrator(L.Callback):
         if not rejection.ready_for(nets["discriminator"], family.sampler.proposal_key()):
             if self.images is None:
                 self.images = calibration_images(dm, self.n, self.seed).to(pl_module.device)
+                labels = calibration_labels(dm, self.n, self.seed) if family.condition is not None else None
+                self.labels = None if labels is None else labels.to(pl_module.device)
             with pl_module.inference(), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
-                family.calibrate_rejection(nets, self.images)
+                family.calibrate_rejection(nets, self.images, y=self.labels)
         if log:
             _, acceptance = rejection.bound_for(family.sampler.rejection.quantile)
             pl_module.log("val/drs_acceptance", float(acceptance), sync_dist=False)

@@ -32,6 +32,18 @@ mass between separated modes (Khayatkhoei et al. 2018); a discrete code lets it 
 them, and the information term makes it use the code (on the ring of 8 each code takes one mode;
 on MNIST it did not raise the confident share, docs/lab/benchmarks-history.md).
 No likelihood: ``nll_kind = "none"``.
+
+Class-conditional (``+conditional=class``; :mod:`genlab.families.gan.conditional`): the generator
+``G(z, y)`` has conditional batch norm, a per-class gain and bias of every batch norm from a linear
+map of the class embedding, initialised to gain 1 and bias 0 (de Vries et al. 2017; Miyato & Koyama
+2018); a generator without batch norm (the MLP) takes the embedding concatenated to ``z``. The
+discriminator is the projection discriminator ``D(x, y) = psi(phi(x)) + <e_y, phi(x)>`` (Miyato &
+Koyama 2018, Eq. (3)). Both players train on the batch's labels (the fakes get the real batch's
+labels); label dropout (none by default) trains the null label too. Sampling draws one class at a
+time through the whole pipeline (refinement, Jacobian truncation and rejection see the class's
+samples only, and the discriminator scores them with that label); rejection's calibration fits on
+held-out images with their labels. The EMA generator, InfoGAN codes and top-k training work as
+unconditionally.
 """
 
 from __future__ import annotations
@@ -43,12 +55,14 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import spectral_norm as spectral_norm_of
 from torch.optim.swa_utils import AveragedModel
 
 from genlab.callbacks.ema import EMAWarmup
 from genlab.data.base import DataInfo
 from genlab.data.scaling import BinScale
-from genlab.families.base import Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.base import Conditional, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.gan.conditional import ProjectionDiscriminator, conditional_generator, last_linear
 from genlab.families.gan.generation import Generation
 from genlab.families.gan.nets import add_spectral_norm
 from genlab.families.gan.objectives import GANObjective, NonSaturating
@@ -60,8 +74,16 @@ from genlab.nets import input_kind_error
 Group = Literal["generator", "discriminator"]
 
 
-class GAN(Family):
-    """GAN family for images and 2-D points (see module docstring).
+def labelled(y: Tensor | None) -> tuple[Tensor, ...]:
+    """The label argument of a call that takes one only when conditional: ``(y,)``, or ``()`` for None
+    (an unconditional GAN calls its heads as it always did)."""
+    return () if y is None else (y,)
+
+
+class GAN(Family, Conditional):
+    """GAN family for images and 2-D points (see module docstring). Class-conditional with a run
+    condition: conditional batch norm in ``G`` (the MLP generator: ``[z, e_y]`` concatenated) and the
+    projection discriminator (module docstring); no label dropout by default, no guidance.
 
     Args:
         generator: factory ``generator(in_dim=latent_dim, out_dim=data shape)`` (``_partial_``).
@@ -167,11 +189,8 @@ class GAN(Family):
         return None
 
     def build(self, info: DataInfo) -> Nets:
-        generator = self.generator_factory(in_dim=self.latent_dim + self.codes, out_dim=info.shape)
-        discriminator = self.discriminator_factory(in_dim=info.shape, out_dim=1 + self.codes)  # D, then Q logits
-        modules: dict[str, nn.Module] = {
-            "generator": generator,
-            "discriminator": add_spectral_norm(discriminator) if self.spectral_norm else discriminator}
+        generator = self.build_generator(info)
+        modules: dict[str, nn.Module] = {"generator": generator, "discriminator": self.build_discriminator(info)}
         if self.ema_decay is not None:
             ema = AveragedModel(generator, multi_avg_fn=EMAWarmup(self.ema_decay), use_buffers=True)
             modules["generator_ema"] = ema.requires_grad_(False)
@@ -180,6 +199,28 @@ class GAN(Family):
         if self.top_k is not None:
             modules["top_k"] = TopK(**self.top_k)
         return Nets(info, modules)
+
+    def build_generator(self, info: DataInfo) -> nn.Module:
+        """``G(z[, c])``; with a condition ``G(z[, c], y)`` (:func:`.conditional.conditional_generator`,
+        a class embedding of width ``latent_dim``)."""
+        in_dim = self.latent_dim + self.codes
+        if self.condition is None:
+            return self.generator_factory(in_dim=in_dim, out_dim=info.shape)
+        return conditional_generator(self.generator_factory, in_dim, info.shape,
+                                     self.condition.embedding(self.latent_dim))
+
+    def build_discriminator(self, info: DataInfo) -> nn.Module:
+        """``D`` (then ``Q``'s logits) with spectral norm where configured; with a condition the
+        projection discriminator, its embedding (the width of ``phi``) spectrally normalised too
+        where ``spectral_norm`` is on (as Miyato & Koyama 2018)."""
+        net = self.discriminator_factory(in_dim=info.shape, out_dim=1 + self.codes)  # D, then Q logits
+        net = add_spectral_norm(net) if self.spectral_norm else net
+        if self.condition is None:
+            return net
+        embedding = self.condition.embedding(last_linear(net).in_features)
+        if self.spectral_norm:
+            spectral_norm_of(embedding.table)
+        return ProjectionDiscriminator(net, embedding)
 
     def adapt_state(self, nets: Nets, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """Checkpoint weights for these nets: a rejection calibration the configured sampler does not
@@ -221,12 +262,14 @@ class GAN(Family):
         """``y in [-1, 1]`` -> the bin index ``floor((y + 1) L / 2)`` in ``{0..L-1}`` (uint8 up to 256 levels)."""
         return BinScale(nets.info.levels).to_data(y)
 
-    def generation(self, nets: Nets, generator: nn.Module | None = None, propose: Propose | None = None) -> Generation:
+    def generation(self, nets: Nets, generator: nn.Module | None = None, propose: Propose | None = None,
+                   label: int | None = None) -> Generation:
         """``generator`` (default: the one ``propose`` chooses, :meth:`sampling_generator`), the
-        discriminator head and the latent layout, as the sampler steps use them."""
+        discriminator head and the latent layout, as the sampler steps use them; ``label``: the class
+        of every sample (conditional GANs; the discriminator scores with it)."""
         net = generator if generator is not None else self.sampling_generator(nets, propose)
-        return Generation(net, partial(self.discriminate, nets), self.latent_dim, self.codes, tuple(nets.info.shape),
-                          next(nets.parameters()).device)
+        return Generation(net, partial(self.discriminate, nets, y=label), self.latent_dim, self.codes,
+                          tuple(nets.info.shape), next(nets.parameters()).device, label)
 
     def sampling_generator(self, nets: nn.ModuleDict, propose: Propose | None = None) -> nn.Module:
         """The generator that samples (``propose``, default the configured sampler's): the EMA where
@@ -234,14 +277,49 @@ class GAN(Family):
         return (propose or self.sampler.propose).network(nets)
 
     def draw(self, nets: Nets, generator: nn.Module, n: int, z: Tensor | None = None,
-             sampler: GANSampler | None = None) -> Tensor:
+             sampler: GANSampler | None = None, y: Tensor | None = None) -> Tensor:
         """``n`` samples of ``generator`` in model space through the latent steps of ``sampler``
         (default: the configured one; rejection aside): ``z``: the latents, ``(proposals, latent_dim)``
-        (:meth:`GANSampler.proposals`); None: fresh ones."""
+        (:meth:`GANSampler.proposals`); None: fresh ones. ``y``: labels ``(n,)`` of a conditional GAN
+        (None: drawn from the prior), one class at a time (:meth:`by_class`); latents ``z`` go with
+        labels of one class."""
         s = self.sampler if sampler is None else sampler
         if z is not None and z.shape[0] != (m := s.proposals(n)):
             raise ValueError(f"GAN.draw: {n} samples take {m} latents (GANSampler.proposals), got {z.shape[0]}")
-        return s.draw(self.generation(nets, generator), n, z)
+        labels = self.condition_labels(n, y, next(nets.parameters()).device)
+        if z is not None and labels is not None and len(labels.unique()) > 1:
+            raise ValueError("GAN.draw: given latents z= are drawn for one class at a time (each class goes through "
+                             "the sampler steps on its own); pass labels y= of a single class")
+        return self.by_class(labels, n, lambda label, k: s.draw(self.generation(nets, generator, label=label), k, z))
+
+    # -- labels (conditional GANs) -----------------------------------------------------------
+    def condition_labels(self, n: int, y: Tensor | int | None, device: Any) -> Tensor | None:
+        """``(n,)`` labels for a conditional GAN: ``y`` checked (the null label allowed), one class
+        ``y`` for all, or (None) drawn from the prior; None for an unconditional GAN, which refuses a ``y``."""
+        if self.condition is None:
+            if y is not None:
+                raise ValueError("this model is unconditional (trained without +conditional=class) and takes no "
+                                 "labels y=; sample without y, or train with +conditional=class")
+            return None
+        if isinstance(y, int):
+            y = torch.full((n,), y, dtype=torch.long)
+        return self.sampling_labels(n, y, device)
+
+    def by_class(self, labels: Tensor | None, n: int, draw: Callable[[int | None, int], Tensor]) -> Tensor:
+        """``n`` rows from ``draw(label, k)`` called once per class of ``labels`` (``k``: its count; in
+        increasing class order), each class's rows put where its labels are; ``draw(None, n)`` without
+        labels."""
+        if labels is None:
+            return draw(None, n)
+        if not len(labels):
+            return draw(self.condition.null_label, 0)  # type: ignore[union-attr]
+        out: Tensor | None = None
+        for c in labels.unique().tolist():
+            rows = (labels == c).nonzero().flatten()
+            part = draw(int(c), len(rows))
+            out = part.new_empty((n, *part.shape[1:])) if out is None else out
+            out[rows] = part
+        return out
 
     # -- contract ----------------------------------------------------------------------
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor], group: Group | None = None) -> LossOutput:
@@ -249,23 +327,26 @@ class GAN(Family):
         steps = {"discriminator": self.discriminator_step, "generator": self.generator_step}
         if group not in steps:
             raise ValueError(f"GAN.loss needs group= one of {list(steps)} (the schedule's names), got {group!r}")
-        return steps[group](nets, batch["x"])
+        y = self.training_labels(batch) if self.condition is not None else None
+        return steps[group](nets, batch["x"], y)
 
-    def fakes(self, nets: Nets, n: int) -> tuple[Tensor, Tensor | None]:
-        """``n`` fakes ``tanh(G(z[, c]))`` of the raw generator (training) and their codes (None without)."""
+    def fakes(self, nets: Nets, n: int, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``n`` fakes ``tanh(G(z[, c][, y]))`` of the raw generator (training; ``y``: their labels, a
+        conditional GAN) and their codes (None without)."""
         gen = self.generation(nets, nets["generator"])
         z, code, c = gen.latents(n)
-        return gen.fake(z, code), c
+        return gen.fake(z, code, y), c
 
-    def discriminator_step(self, nets: Nets, x: Tensor) -> LossOutput:
-        """``L_D`` (+ the objective's penalty) on real ``x`` and as many fresh fakes.
+    def discriminator_step(self, nets: Nets, x: Tensor, y: Tensor | None = None) -> LossOutput:
+        """``L_D`` (+ the objective's penalty) on real ``x`` and as many fresh fakes; a conditional
+        GAN's fakes get the real batch's labels ``y`` and both are scored with them.
 
         Logs ``d_loss`` (without penalty), ``gp`` (the penalty, where there is one), and the
         mean outputs ``d_real``, ``d_fake``."""
         real = self.to_model(nets, x)
         with torch.no_grad():
-            fake, c = self.fakes(nets, real.shape[0])
-        d, q = self.heads(nets, torch.cat([real, fake]))
+            fake, c = self.fakes(nets, real.shape[0], y)
+        d, q = self.heads(nets, torch.cat([real, fake]), *labelled(None if y is None else torch.cat([y, y])))
         d_real, d_fake = d.chunk(2)
         d_loss = self.objective.discriminator_loss(d_real, d_fake)
         logs = {"d_loss": d_loss.detach(), "d_real": d_real.mean().detach(), "d_fake": d_fake.mean().detach()}
@@ -273,19 +354,20 @@ class GAN(Family):
         if c is not None:  # Q learns to recover the code of the fakes
             info = F.cross_entropy(q[real.shape[0]:].float(), c)
             loss, logs["info_ce"] = loss + self.info_weight * info, info.detach()
-        penalty = self.objective.penalty(partial(self.discriminate, nets), real, fake)  # D alone, not Q
+        penalty = self.objective.penalty(partial(self.discriminate, nets, y=y), real, fake)  # D alone, not Q
         if penalty is None:
             return LossOutput(loss, logs)
         return LossOutput(loss + penalty, {**logs, "gp": penalty.detach()})
 
-    def generator_step(self, nets: Nets, x: Tensor) -> LossOutput:
+    def generator_step(self, nets: Nets, x: Tensor, y: Tensor | None = None) -> LossOutput:
         """``L_G`` on ``len(x)`` fakes (with top-k training, on the ``k`` the discriminator rates
-        most real); first moves the EMA towards the current generator (so the EMA lags the raw
-        generator by one update). Logs ``g_loss``, ``d_fake`` (all fakes) and ``top_k``."""
+        most real; a conditional GAN's fakes get the batch's labels ``y``); first moves the EMA towards
+        the current generator (so the EMA lags the raw generator by one update). Logs ``g_loss``,
+        ``d_fake`` (all fakes) and ``top_k``."""
         if "generator_ema" in nets:
             nets["generator_ema"].update_parameters(nets["generator"])
-        fake, c = self.fakes(nets, x.shape[0])
-        d_fake, q = self.heads(nets, fake)
+        fake, c = self.fakes(nets, x.shape[0], y)
+        d_fake, q = self.heads(nets, fake, *labelled(y))
         logs = {"d_fake": d_fake.mean().detach()}
         if "top_k" in nets:
             kept = nets["top_k"](d_fake)
@@ -298,14 +380,16 @@ class GAN(Family):
         info = F.cross_entropy(q.float(), c)  # the generator makes its code recoverable
         return LossOutput(g_loss + self.info_weight * info, {**logs, "info_ce": info.detach()})
 
-    def heads(self, nets: nn.ModuleDict, y: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Discriminator outputs ``(B,)`` and, with codes, ``Q``'s logits ``(B, K)``."""
-        out = nets["discriminator"](y).view(y.shape[0], -1)
+    def heads(self, nets: nn.ModuleDict, v: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Discriminator outputs ``(B,)`` and, with codes, ``Q``'s logits ``(B, K)`` for model-space
+        ``v``; ``y``: the labels ``(B,)`` the projection discriminator scores with (conditional GANs)."""
+        out = (nets["discriminator"](v) if y is None else nets["discriminator"](v, y)).view(v.shape[0], -1)
         return out[:, 0], (out[:, 1:] if self.codes else None)
 
-    def discriminate(self, nets: nn.ModuleDict, y: Tensor) -> Tensor:
-        """Discriminator outputs ``(B,)`` for model-space inputs ``(B, *shape)``."""
-        return self.heads(nets, y)[0]
+    def discriminate(self, nets: nn.ModuleDict, v: Tensor, y: Tensor | int | None = None) -> Tensor:
+        """Discriminator outputs ``(B,)`` for model-space inputs ``(B, *shape)``; a conditional GAN
+        scores with labels ``y`` (``(B,)``, one class for all, or None: drawn from the prior)."""
+        return self.heads(nets, v, *labelled(self.condition_labels(v.shape[0], y, v.device)))[0]
 
     def diverged(self, out: LossOutput) -> str | None:
         """A collapsed discriminator: a discriminator step whose ``|L_D|`` or real/fake gap
@@ -334,24 +418,35 @@ class GAN(Family):
         return s
 
     @torch.no_grad()
-    def calibrate_rejection(self, nets: Nets, x: Tensor, sampler: GANSampler | None = None) -> dict[str, float]:
+    def calibrate_rejection(self, nets: Nets, x: Tensor, sampler: GANSampler | None = None,
+                            y: Tensor | None = None) -> dict[str, float]:
         """Fit the rejection calibration (``nets["rejection"]``) on held-out real data ``x``
         (discrete, ``(N, *shape)``) against as many draws of ``sampler``'s steps before rejection
-        (default: the configured sampler), at its rejection quantile."""
+        (default: the configured sampler), at its rejection quantile. A conditional GAN needs the
+        images' labels ``y``: the fakes get the same labels, and both are scored with them."""
         s = self.resolve_sampler(nets, sampler)
         if s.rejection is None:
             raise ValueError("GAN.calibrate_rejection: the sampler has no rejection step (model.sampler.rejection)")
         real = self.to_model(nets, x)
-        fake = s.draw(self.generation(nets, propose=s.propose), real.shape[0])
-        return nets["rejection"].calibrate(self.discriminate(nets, real), self.discriminate(nets, fake),
+        if self.condition is not None:
+            y = self.condition.check(y, len(x))  # the held-out images' own labels, required
+        labels = self.condition_labels(len(x), y, real.device)
+        fake = self.by_class(labels, len(x), lambda label, k: s.draw(self.generation(nets, propose=s.propose,
+                                                                                     label=label), k))
+        return nets["rejection"].calibrate(self.discriminate(nets, real, labels), self.discriminate(nets, fake, labels),
                                            nets["discriminator"], s.rejection.quantile, s.proposal_key())
 
     @torch.no_grad()
-    def sample(self, nets: Nets, n: int, sampler: GANSampler | Mapping[str, Any] | None = None) -> Tensor:
+    def sample(self, nets: Nets, n: int, sampler: GANSampler | Mapping[str, Any] | None = None,
+               y: Tensor | None = None) -> Tensor:
         """``n`` samples in data space (uint8) through ``sampler`` (None: the configured
         ``model.sampler``): from the generator EMA where there is one, through the latent steps
-        that are on, and rejection sampling with the nets' calibration when that step is on."""
+        that are on, and rejection sampling with the nets' calibration when that step is on. A
+        conditional GAN samples labels ``y`` ``(n,)`` (None: drawn from the prior), one class at a time
+        through the whole pipeline (:meth:`by_class`); an unconditional one refuses ``y``."""
         s = self.resolve_sampler(nets, sampler)
         calibration = nets["rejection"] if "rejection" in nets else None
-        y = s.sample(self.generation(nets, propose=s.propose), n, calibration, nets["discriminator"])
-        return self.to_data(nets, y)
+        labels = self.condition_labels(n, y, next(nets.parameters()).device)
+        out = self.by_class(labels, n, lambda label, k: s.sample(self.generation(nets, propose=s.propose, label=label),
+                                                                 k, calibration, nets["discriminator"]))
+        return self.to_data(nets, out)

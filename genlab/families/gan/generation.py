@@ -5,7 +5,9 @@ batch statistics: :class:`genlab.families.gan.sampler.Propose` chooses), the dis
 ``D`` and the latent layout: ``z ~ N(0, I_d)`` and, with ``K`` InfoGAN codes, a uniform code
 ``c in {0..K-1}`` fed one-hot after ``z``. Samples are ``y = tanh(G([z, onehot(c)])) in (-1, 1)``,
 shape ``(B, *shape)``. The steps of :mod:`genlab.families.gan.sampler` move or select ``z`` and
-keep each row's code.
+keep each row's code. A class-conditional GAN samples one class at a time: ``label`` is the class
+of every sample of the generation (``G([z, onehot(c)], y)``, and ``discriminate`` scores with the
+same ``y``), so that the steps, which select and reorder rows, keep the labels right.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ class Generation:
     codes: int
     shape: tuple[int, ...]
     device: torch.device
+    label: int | None = None  # the class of every sample (conditional GANs); None: unconditional
+
+    def labels(self, n: int) -> Tensor | None:
+        """``(n,)`` copies of :attr:`label` (None for an unconditional generation)."""
+        return None if self.label is None else torch.full((n,), self.label, dtype=torch.long, device=self.device)
 
     def latents(self, n: int, z: Tensor | None = None,
                 truncation: float | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -43,10 +50,13 @@ class Generation:
         c = torch.randint(0, self.codes, (z.shape[0],), device=self.device)
         return z, F.one_hot(c, self.codes).to(z.dtype), c
 
-    def fake(self, z: Tensor, code: Tensor) -> Tensor:
-        """``tanh(G([z, code]))`` ``(B, *shape)``; ``code`` ``(B, K)`` one-hot (``(B, 0)`` without codes)."""
+    def fake(self, z: Tensor, code: Tensor, y: Tensor | None = None) -> Tensor:
+        """``tanh(G([z, code][, y]))`` ``(B, *shape)``; ``code`` ``(B, K)`` one-hot (``(B, 0)`` without
+        codes); ``y`` ``(B,)`` labels (None: :attr:`label` for every row, or none when unconditional)."""
         inp = torch.cat([z, code], dim=1) if code.shape[1] else z
-        return torch.tanh(self.generator(inp)).view(z.shape[0], *self.shape)
+        y = self.labels(z.shape[0]) if y is None else y
+        out = self.generator(inp) if y is None else self.generator(inp, y)
+        return torch.tanh(out).view(z.shape[0], *self.shape)
 
     def score(self, z: Tensor, code: Tensor) -> Tensor:
         """``D(G([z, code]))`` ``(B,)``: what latent refinement climbs."""
