@@ -17,21 +17,36 @@ width ``w = 1/L``)::
 
 reported per example from one draw of ``u`` (``val_samples`` / ``test_samples`` draws are
 combined as ``log mean_k exp(.)``, a bound that tightens with ``k``): ``nll_kind = "bound"``.
+
+Class-conditional (``+conditional=class``), as Glow's class-conditional model (Kingma & Dhariwal
+2018, Sec. 5): a learned label embedding ``e(y)`` (``model.label_dim`` features) is broadcast as extra
+input channels of every coupling network (``s, t = NN(x_a, e(y))``), and each scale's latent gets a
+class-conditional Gaussian prior ``N(mu_i(y), diag sigma_i(y)^2)`` per channel, ``[mu_i, log sigma_i]``
+a zero-initialised linear map of ``e(y)`` (:class:`~genlab.families.flow.layers.ClassPrior`), on top of
+the unconditional learned priors. For every ``y`` the map is an exact bijection, so::
+
+    log p(y_img | y) = log N(f_y(g(y_img)); mu(y), sigma(y)^2) + log|det df_y/dz_0| + log|det dg/dy_img|
+
+and the discrete bound of ``log P(x|y)`` is the same dequantisation bound (same kind). The
+dequantiser ``q(u|x)`` does not see the label (any ``q`` gives a bound). Without a condition the nets
+and every number are the unconditional flow's.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from genlab.data.base import DataInfo, check_discrete
 from genlab.data.scaling import BinScale, GridScale
-from genlab.families.base import Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
-from genlab.families.flow.layers import Center, FlowLayer, Logit, MultiScaleFlow, build_multiscale_flow
+from genlab.families.base import Conditional, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.flow.layers import (
+    Center, ClassPrior, FlowLayer, Logit, MultiScaleFlow, build_multiscale_flow,
+)
 from genlab.families.flow.objectives import Dequantization, UniformDequantization
 from genlab.metrics.likelihood import LN2, LogLikelihood, continuous_to_discrete
 
@@ -51,8 +66,10 @@ def max_squeezes(height: int, width: int) -> int:
     return n
 
 
-class Flow(Family, Likelihood, Encoder):
-    """Multi-scale affine-coupling flow (RealNVP / Glow), images only.
+class Flow(Family, Likelihood, Encoder, Conditional):
+    """Multi-scale affine-coupling flow (RealNVP / Glow), images only. Conditional (module docstring):
+    the label embedding is extra input channels of every coupling net and sets a class-conditional
+    Gaussian prior per scale (Glow's ``ycond``); no label dropout by default, no guidance.
 
     Args:
         coupling_net: backbone factory ``net(in_channels=..., out_channels=...)`` of the coupling
@@ -69,6 +86,7 @@ class Flow(Family, Likelihood, Encoder):
         temperature: standard deviation of the latents when sampling (Glow, Sec. 5).
         val_samples, test_samples: dequantisation draws per example for the val / test NLL.
         objective: the dequantiser (``loss`` group); uniform by default.
+        label_dim: width of the label embedding (conditional runs only).
     """
 
     name = "flow"
@@ -91,12 +109,14 @@ class Flow(Family, Likelihood, Encoder):
         val_samples: int = 1,
         test_samples: int = 1,
         objective: Dequantization | None = None,
+        label_dim: int = 8,
     ) -> None:
         super().__init__(objective or UniformDequantization())
         self.coupling_net, self.mixing = coupling_net, mixing
         self.num_scales, self.steps_per_scale, self.checkerboard_steps = num_scales, steps_per_scale, checkerboard_steps
         self.actnorm, self.learn_prior, self.logit_alpha = actnorm, learn_prior, logit_alpha
         self.temperature, self.val_samples, self.test_samples = temperature, val_samples, test_samples
+        self.label_dim = label_dim
 
     # -- setup -----------------------------------------------------------------------------
     def check_data(self, info: DataInfo) -> str | None:
@@ -117,15 +137,37 @@ class Flow(Family, Likelihood, Encoder):
 
     def build(self, info: DataInfo) -> Nets:
         preprocess = Center() if self.logit_alpha is None else Logit(self.logit_alpha)
+        cond = {} if self.condition is None else {"cond_channels": self.label_dim}
         flow = build_multiscale_flow(
             info.shape, self.coupling_net, self.num_scales, self.steps_per_scale, self.checkerboard_steps,
-            self.actnorm, self.mixing, self.learn_prior, preprocess,
+            self.actnorm, self.mixing, self.learn_prior, preprocess, **cond,
         )
         nets = Nets(info, {"flow": flow})
         dequantizer = self.objective.build(info)
         if dequantizer is not None:
             nets["dequantizer"] = dequantizer
+        if self.condition is not None:
+            nets["label"] = self.condition.embedding(self.label_dim)
+            nets["class_prior"] = ClassPrior(flow.latent_shapes, self.label_dim)
         return nets
+
+    # -- labels ----------------------------------------------------------------------------
+    def label_input(self, nets: nn.ModuleDict, y: Tensor | None) -> Tensor | None:
+        """The label embedding ``e(y)`` ``(B, E)`` the flow takes, or None (no labels: unconditional)."""
+        return None if y is None else nets["label"](y)
+
+    def method_labels(self, n: int, y: Tensor | None, device: Any, sampling: bool = False) -> Tensor | None:
+        """Labels for ``n`` examples of a sampling or capability method: None for an unconditional model
+        (raises ValueError if ``y`` is given); else ``y`` checked, or for ``y=None`` draws from ``p(y)`` when
+        ``sampling`` or the nets had no label dropout, and the null label otherwise."""
+        if self.condition is None:
+            if y is not None:
+                raise ValueError("this model is unconditional (trained without +conditional=class): it takes no "
+                                 "labels y. Fix: drop y=, or train with +conditional=class")
+            return None
+        if y is None and not sampling and self.label_dropout() > 0:
+            y = torch.full((n,), self.condition.null_label, dtype=torch.long, device=device)
+        return self.sampling_labels(n, y, device)
 
     # -- input checks ----------------------------------------------------------------------
     @staticmethod
@@ -148,28 +190,39 @@ class Flow(Family, Likelihood, Encoder):
         return y
 
     # -- the bijection ---------------------------------------------------------------------
-    def encode(self, nets: nn.ModuleDict, y: Tensor) -> tuple[list[Tensor], Tensor]:
+    def encode(self, nets: nn.ModuleDict, y: Tensor, c: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         """``y in [0,1]^(B, C, H, W)`` -> standard-normal latents ``zs`` and ``log|det dz/dy|`` ``(B,)``.
 
-        The log-determinant includes the logit / centring map; raises ValueError on bad input.
+        The log-determinant includes the logit / centring map; raises ValueError on bad input. Given
+        the label embedding ``c`` ``(B, E)``: the class's bijection, then the class prior's change of
+        variables (:class:`~genlab.families.flow.layers.ClassPrior`), so the latents are still ``N(0, I)``.
         """
-        return nets["flow"](self.check_dequantized(y))
+        if c is None:
+            return nets["flow"](self.check_dequantized(y))
+        zs, logdet = nets["flow"](self.check_dequantized(y), c)
+        eps, prior_logdet = nets["class_prior"](zs, c)
+        return eps, logdet + prior_logdet
 
-    def decode(self, nets: nn.ModuleDict, zs: Sequence[Tensor]) -> Tensor:
-        """Latents ``zs`` (shapes ``nets["flow"].latent_shapes``) -> ``y`` (in ``[0,1]`` for ``zs`` from encode)."""
-        return nets["flow"].inverse(zs)
+    def decode(self, nets: nn.ModuleDict, zs: Sequence[Tensor], c: Tensor | None = None) -> Tensor:
+        """Latents ``zs`` (shapes ``nets["flow"].latent_shapes``) -> ``y`` (in ``[0,1]`` for ``zs`` from encode);
+        given the label embedding ``c``, the inverse of :meth:`encode` for that class."""
+        if c is None:
+            return nets["flow"].inverse(zs)
+        return nets["flow"].inverse(nets["class_prior"].inverse(zs, c), c)
 
-    def log_density(self, nets: nn.ModuleDict, y: Tensor) -> Tensor:
-        """Exact continuous ``log p(y)`` in nats, ``(B,)``: ``log N(z; 0, I) + log|det dz/dy|``."""
-        zs, logdet = self.encode(nets, y)
+    def log_density(self, nets: nn.ModuleDict, y: Tensor, c: Tensor | None = None) -> Tensor:
+        """Exact continuous ``log p(y)`` (``log p(y | label)`` given its embedding ``c``) in nats, ``(B,)``:
+        ``log N(z; 0, I) + log|det dz/dy|``."""
+        zs, logdet = self.encode(nets, y, c)
         return standard_normal_log_prob(zs) + logdet
 
     # -- likelihood --------------------------------------------------------------------------
     def _dtype(self, nets: nn.ModuleDict) -> torch.dtype:
         return next(nets["flow"].parameters()).dtype
 
-    def log_px_bound(self, nets: nn.ModuleDict, x: Tensor) -> Tensor:
-        """One-draw dequantisation bound on ``log P(x)`` in nats, ``(B,)`` (module docstring)::
+    def log_px_bound(self, nets: nn.ModuleDict, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """One-draw dequantisation bound on ``log P(x)`` (``log P(x|y)`` given the label embedding ``c``)
+        in nats, ``(B,)`` (module docstring)::
 
             log p((x+u)/L) - D log L - log q(u|x),   u ~ q(u|x)
         """
@@ -177,11 +230,12 @@ class Flow(Family, Likelihood, Encoder):
         bins = BinScale(info.levels, 0.0, 1.0)
         dequantizer = nets["dequantizer"] if "dequantizer" in nets else None
         u, log_q = self.objective(dequantizer, GridScale(info.levels).to_model(xf, xf.dtype))  # grid points of [-1, 1]
-        log_py = self.log_density(nets, bins.dequantize(xf, u))
+        log_py = self.log_density(nets, bins.dequantize(xf, u), c)
         return continuous_to_discrete(log_py, info.dims, bins.width) - log_q
 
     def loss(self, nets: nn.ModuleDict, batch: dict[str, Tensor]) -> LossOutput:
-        bound = self.log_px_bound(nets, self.check_discrete(nets.info, batch["x"]))
+        c = None if self.condition is None else self.label_input(nets, self.training_labels(batch))
+        bound = self.log_px_bound(nets, self.check_discrete(nets.info, batch["x"]), c)
         d = nets.info.dims
         return LossOutput(-bound.mean() / d, {"nll_bpd": -bound.mean().detach() / (d * LN2)})
 
@@ -189,13 +243,17 @@ class Flow(Family, Likelihood, Encoder):
     def log_likelihood(
         self, nets: nn.ModuleDict, batch: dict[str, Tensor], stage: Literal["val", "test"] = "test"
     ) -> LogLikelihood:
+        """The dequantisation bound of ``log P(x)`` (conditional: ``log P(x|y)``, ``y = batch["y"]``) from
+        ``k`` draws of ``u``."""
         k = self.val_samples if stage == "val" else self.test_samples
         x = self.check_discrete(nets.info, batch["x"])
+        c = None if self.condition is None else self.label_input(nets, self.labels(batch))
         per_chunk = max(1, min(k, self.eval_chunk // x.shape[0]))  # draws evaluated as one batch
-        draws = [
-            self.log_px_bound(nets, x.repeat(min(per_chunk, k - i), 1, 1, 1)).view(-1, x.shape[0])
-            for i in range(0, k, per_chunk)
-        ]
+        draws = []
+        for i in range(0, k, per_chunk):
+            kc = min(per_chunk, k - i)
+            cs = None if c is None else c.repeat(kc, 1)
+            draws.append(self.log_px_bound(nets, x.repeat(kc, 1, 1, 1), cs).view(-1, x.shape[0]))
         return LogLikelihood(torch.logsumexp(torch.cat(draws), 0) - math.log(k), "bound")  # draws: (k, B)
 
     # -- sampling ----------------------------------------------------------------------------
@@ -205,42 +263,52 @@ class Flow(Family, Likelihood, Encoder):
         return BinScale(info.levels, 0.0, 1.0).to_data(y)
 
     @torch.no_grad()
-    def sample(self, nets: Nets, n: int, sampler: None = None, temperature: float | None = None) -> Tensor:
-        """``n`` uint8 images: ``z ~ N(0, T^2 I)`` (``T = temperature``, default ``model.temperature``), decoded."""
+    def sample(self, nets: Nets, n: int, sampler: None = None, temperature: float | None = None,
+               y: Tensor | None = None) -> Tensor:
+        """``n`` uint8 images: ``z ~ N(0, T^2 I)`` (``T = temperature``, default ``model.temperature``), decoded;
+        conditional: decoded given the labels ``y`` ``(n,)`` (None: drawn from ``p(y)``), so that each scale's
+        latent is ``mu_i(y) + T sigma_i(y) eps``."""
         t = self.temperature if temperature is None else temperature
         flow: MultiScaleFlow = nets["flow"]
         p = next(flow.parameters())
+        c = self.label_input(nets, self.method_labels(n, y, p.device, sampling=True))
         zs = [t * torch.randn(n, *shape, device=p.device, dtype=p.dtype) for shape in flow.latent_shapes]
-        return self.to_data(nets.info, self.decode(nets, zs))
+        return self.to_data(nets.info, self.decode(nets, zs, c))
 
     # -- Encoder: the exact bijection at the bin centres ----------------------------------------------
     encoder_kind = "exact bijection"
 
     @torch.no_grad()
-    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None) -> Tensor:
+    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
         """Discrete images -> their latents at the bin centres ``y = (x + 1/2) / L``, every scale's
-        latent flattened and concatenated: ``(B, D)``."""
+        latent flattened and concatenated: ``(B, D)``; conditional: the bijection of the labels ``y``
+        (None: :meth:`method_labels`)."""
         info = nets.info
-        y = BinScale(info.levels, 0.0, 1.0).centres(self.check_discrete(info, x), self._dtype(nets))
-        return torch.cat([z.flatten(1) for z in self.encode(nets, y)[0]], 1)
+        c = self.label_input(nets, self.method_labels(len(x), y, x.device))
+        centres = BinScale(info.levels, 0.0, 1.0).centres(self.check_discrete(info, x), self._dtype(nets))
+        return torch.cat([z.flatten(1) for z in self.encode(nets, centres, c)[0]], 1)
 
     @torch.no_grad()
-    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None) -> Tensor:
+    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
         """Flat latents ``(B, D)`` -> images in level units ``y L - 1/2`` clipped to ``[0, L-1]`` (the
-        endpoints of :meth:`to_latent` reproduce the images up to float error)."""
+        endpoints of :meth:`to_latent` reproduce the images up to float error, given the same labels)."""
         shapes = nets["flow"].latent_shapes
         sizes = [math.prod(shape) for shape in shapes]
         zs = [part.reshape(len(z), *shape) for part, shape in zip(z.split(sizes, 1), shapes)]
-        return BinScale(nets.info.levels, 0.0, 1.0).to_levels(self.decode(nets, zs)).clamp(0, nets.info.levels - 1)
+        c = self.label_input(nets, self.method_labels(len(z), y, z.device))
+        return BinScale(nets.info.levels, 0.0, 1.0).to_levels(self.decode(nets, zs, c)).clamp(0, nets.info.levels - 1)
 
     @torch.no_grad()
-    def interpolate(self, nets: Nets, x_a: Tensor, x_b: Tensor, steps: int = 8) -> Tensor:
+    def interpolate(self, nets: Nets, x_a: Tensor, x_b: Tensor, steps: int = 8, y: Tensor | None = None) -> Tensor:
         """Decoded images along the straight line between the latents of ``x_a`` and ``x_b``
-        ``(B, C, H, W)``: ``(B, steps, C, H, W)`` float in level units (:meth:`from_latent`)."""
-        za, zb = self.to_latent(nets, x_a), self.to_latent(nets, x_b)
+        ``(B, C, H, W)``: ``(B, steps, C, H, W)`` float in level units (:meth:`from_latent`); conditional:
+        one label per pair (``y`` ``(B,)``, else :meth:`method_labels`) for both ends and the path."""
+        y = self.method_labels(len(x_a), y, x_a.device)
+        za, zb = self.to_latent(nets, x_a, y=y), self.to_latent(nets, x_b, y=y)
         t = torch.linspace(0, 1, steps, device=za.device, dtype=za.dtype).view(1, steps, 1)
         z = ((1 - t) * za.unsqueeze(1) + t * zb.unsqueeze(1)).flatten(0, 1)
-        return self.from_latent(nets, z).view(x_a.shape[0], steps, *nets.info.shape)
+        ys = None if y is None else y.repeat_interleave(steps, 0)
+        return self.from_latent(nets, z, y=ys).view(x_a.shape[0], steps, *nets.info.shape)
 
     why_not = {Inpainter: (
         "a normalizing flow has an exact density but no tractable conditional: its latent mixes every "

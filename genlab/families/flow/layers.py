@@ -9,12 +9,20 @@ e.g. :class:`Squeeze`) with
 The change of variables (RealNVP, Eq. 3) then gives ``log p_X(x) = log p_Z(f(x)) + log|det df/dx|``.
 All layers map each example independently of the rest of its batch (no batch statistics):
 ActNorm uses the batch only once, to initialise its parameters.
+
+Class conditioning (Glow, Kingma & Dhariwal 2018, Sec. 5 / its code's ``ycond``): the couplings
+(:attr:`FlowLayer.takes_cond`) take a condition ``cond`` as extra input channels of their nets —
+:class:`MultiScaleFlow` broadcasts a class embedding ``e(y)`` ``(B, E)`` over every position — so
+``y`` only changes the coupling parameters ``s, t``: every map stays exactly invertible given
+``y`` with the same log-determinant formula. :class:`ClassPrior` makes each scale's Gaussian
+prior class-conditional.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -30,7 +38,10 @@ def _sum_per_example(t: Tensor) -> Tensor:
 
 
 class FlowLayer(nn.Module):
-    """Base class: an invertible map with a tractable log-determinant (see module docstring)."""
+    """Base class: an invertible map with a tractable log-determinant (see module docstring).
+    ``takes_cond``: ``forward`` and ``inverse`` also take a keyword ``cond`` ``(B, E, H, W)`` (couplings)."""
+
+    takes_cond: ClassVar[bool] = False
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -189,6 +200,8 @@ class CheckerboardCoupling(FlowLayer):
     With the net's zero-initialised output layer the coupling starts as the identity.
     """
 
+    takes_cond = True
+
     def __init__(self, channels: int, net: NetFactory, parity: int = 0, cond_channels: int = 0) -> None:
         super().__init__()
         self.parity = parity
@@ -227,16 +240,20 @@ class ChannelCoupling(FlowLayer):
 
     ``x_a`` is the first ``C // 2`` channels, or the last ``C // 2`` with ``flip=True`` (alternate
     ``flip`` between layers so that every channel gets transformed). ``s = scale * tanh(s_raw)``.
+    With ``cond_channels`` the net also sees a condition ``cond`` ``(B, cond_channels, H, W)``:
+    ``s(x_a, c), t(x_a, c)`` (the class-conditional coupling of Glow's ``ycond``).
     """
 
-    def __init__(self, channels: int, net: NetFactory, flip: bool = False) -> None:
+    takes_cond = True
+
+    def __init__(self, channels: int, net: NetFactory, flip: bool = False, cond_channels: int = 0) -> None:
         super().__init__()
         if channels < 2:
             raise ValueError(f"a channel coupling needs at least 2 channels, got {channels}")
         self.flip = flip
         self.c_a = channels // 2
         self.c_b = channels - self.c_a
-        self.net = net(in_channels=self.c_a, out_channels=2 * self.c_b)
+        self.net = net(in_channels=self.c_a + cond_channels, out_channels=2 * self.c_b)
         self.scale = nn.Parameter(torch.ones(1, self.c_b, 1, 1))
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,18 +266,18 @@ class ChannelCoupling(FlowLayer):
     def _merge(self, x_a: Tensor, x_b: Tensor) -> Tensor:
         return torch.cat([x_b, x_a] if self.flip else [x_a, x_b], 1)
 
-    def _shift_scale(self, x_a: Tensor) -> tuple[Tensor, Tensor]:
-        s_raw, t = self.net(x_a).chunk(2, 1)
+    def _shift_scale(self, x_a: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        s_raw, t = self.net(x_a if cond is None else torch.cat([x_a, cond], 1)).chunk(2, 1)
         return self.scale * torch.tanh(s_raw), t
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_a, x_b = self._split(x)
-        s, t = self._shift_scale(x_a)
+        s, t = self._shift_scale(x_a, cond)
         return self._merge(x_a, x_b * s.exp() + t), _sum_per_example(s)
 
-    def inverse(self, y: Tensor) -> Tensor:
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> Tensor:
         y_a, y_b = self._split(y)
-        s, t = self._shift_scale(y_a)
+        s, t = self._shift_scale(y_a, cond)
         return self._merge(y_a, (y_b - t) * torch.exp(-s))
 
 
@@ -309,6 +326,40 @@ class TopPrior(FlowLayer):
         return eps * self.log_sigma.exp() + self.mu
 
 
+class ClassPrior(nn.Module):
+    """Class-conditional Gaussian prior of every scale's latent (Glow, Kingma & Dhariwal 2018, Sec. 5:
+    "class-conditional prior"; its code adds a zero-initialised linear map of ``y`` to the prior's
+    ``h``): ``z_i ~ N(mu_i(y), diag exp(log_sigma_i(y))^2)`` per channel, with
+    ``[mu_i, log_sigma_i] = W_i e(y) + b_i`` for the class embedding ``e(y)`` ``(B, E)``.
+
+    Written as a change of variables on the list of latents, ``eps_i = (z_i - mu_i) exp(-log_sigma_i)``,
+    ``log|det| = -H_i W_i sum_c log_sigma_ic``, after which ``eps_i ~ N(0, I)``; so
+    ``log N(eps; 0, I) + log|det| = sum_i log N(z_i; mu_i, sigma_i^2)``. Zero-initialised: the
+    standard normal (the unconditional prior) at initialisation.
+    """
+
+    def __init__(self, latent_shapes: Sequence[Sequence[int]], dim: int) -> None:
+        super().__init__()
+        self.maps = nn.ModuleList(nn.Linear(dim, 2 * shape[0]) for shape in latent_shapes)
+        for m in self.maps:
+            nn.init.zeros_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def params(self, e: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Every scale's ``(mu_i, log_sigma_i)``, each ``(B, C_i, 1, 1)``, for embeddings ``e`` ``(B, E)``."""
+        return [tuple(m(e)[:, :, None, None].chunk(2, 1)) for m in self.maps]  # type: ignore[misc]
+
+    def forward(self, zs: Sequence[Tensor], e: Tensor) -> tuple[list[Tensor], Tensor]:
+        eps, logdet = [], e.new_zeros(e.shape[0])
+        for z, (mu, log_sigma) in zip(zs, self.params(e)):
+            eps.append((z - mu) * torch.exp(-log_sigma))
+            logdet = logdet - log_sigma.flatten(1).sum(1) * (z.shape[2] * z.shape[3])
+        return eps, logdet
+
+    def inverse(self, eps: Sequence[Tensor], e: Tensor) -> list[Tensor]:
+        return [u * log_sigma.exp() + mu for u, (mu, log_sigma) in zip(eps, self.params(e))]
+
+
 # -- the multi-scale architecture --------------------------------------------------------------
 class MultiScaleFlow(nn.Module):
     """A stack of scales; after every scale but the last, part of the channels is factored out
@@ -318,7 +369,9 @@ class MultiScaleFlow(nn.Module):
 
     ``forward(x) -> (zs, logdet)`` returns the latents ``zs`` (shapes :attr:`latent_shapes`),
     which are standard normal under the model, and the total log-determinant ``(B,)``;
-    ``inverse(zs) -> x``. So ``log p(x) = sum_i log N(z_i; 0, I) + logdet``.
+    ``inverse(zs) -> x``. So ``log p(x) = sum_i log N(z_i; 0, I) + logdet``. Both take an optional
+    condition ``cond`` ``(B, E)`` (a class embedding), broadcast over the positions and given to every
+    coupling (:attr:`FlowLayer.takes_cond`), which must then have been built with ``cond_channels=E``.
     """
 
     def __init__(self, scales: Sequence[Sequence[FlowLayer]], latent_shapes: Sequence[tuple[int, ...]]) -> None:
@@ -326,11 +379,18 @@ class MultiScaleFlow(nn.Module):
         self.scales = nn.ModuleList(nn.ModuleList(layers) for layers in scales)
         self.latent_shapes = [tuple(s) for s in latent_shapes]
 
-    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+    @staticmethod
+    def _cond_kw(layer: FlowLayer, cond: Tensor | None, h: Tensor) -> dict[str, Tensor]:
+        """``{"cond": (B, E, H, W)}`` for a coupling of a conditioned flow, else nothing."""
+        if cond is None or not layer.takes_cond:
+            return {}
+        return {"cond": cond.to(h.dtype)[:, :, None, None].expand(-1, -1, *h.shape[2:])}
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         h, logdet, zs = x, x.new_zeros(x.shape[0]), []
         for i, layers in enumerate(self.scales):
             for layer in layers:
-                h, ld = layer(h)
+                h, ld = layer(h, **self._cond_kw(layer, cond, h))
                 logdet = logdet + ld
             if i < len(self.scales) - 1:
                 z_channels = self.latent_shapes[i][0]
@@ -339,28 +399,31 @@ class MultiScaleFlow(nn.Module):
         zs.append(h)
         return zs, logdet
 
-    def inverse(self, zs: Sequence[Tensor]) -> Tensor:
+    def inverse(self, zs: Sequence[Tensor], cond: Tensor | None = None) -> Tensor:
         h = zs[-1]
         for i in reversed(range(len(self.scales))):
             if i < len(self.scales) - 1:
                 h = torch.cat([h, zs[i]], 1)
             for layer in reversed(self.scales[i]):
-                h = layer.inverse(h)
+                h = layer.inverse(h, **self._cond_kw(layer, cond, h))
         return h
 
 
-def _checkerboard_steps(channels: int, coupling_net: NetFactory, steps: int, actnorm: bool) -> list[FlowLayer]:
+def _checkerboard_steps(
+    channels: int, coupling_net: NetFactory, steps: int, actnorm: bool, cond_channels: int = 0,
+) -> list[FlowLayer]:
     """RealNVP's steps before a squeeze: ``steps`` x [ActNorm, checkerboard coupling], the
     checkerboard's parity alternating ``0, 1, 0, ...``."""
     layers: list[FlowLayer] = []
     for k in range(steps):
         layers += [ActNorm(channels)] if actnorm else []
-        layers.append(CheckerboardCoupling(channels, coupling_net, parity=k % 2))
+        layers.append(CheckerboardCoupling(channels, coupling_net, parity=k % 2, cond_channels=cond_channels))
     return layers
 
 
 def _glow_steps(
     channels: int, coupling_net: NetFactory, steps: int, actnorm: bool, mixing: Callable[..., FlowLayer] | None,
+    cond_channels: int = 0,
 ) -> list[FlowLayer]:
     """Glow's steps of flow after a squeeze: ``steps`` x [ActNorm, ``mixing(channels=C)``, channel
     coupling], the coupled half flipping every other step."""
@@ -368,7 +431,7 @@ def _glow_steps(
     for k in range(steps):
         layers += [ActNorm(channels)] if actnorm else []
         layers += [mixing(channels=channels)] if mixing is not None else []
-        layers.append(ChannelCoupling(channels, coupling_net, flip=k % 2 == 1))
+        layers.append(ChannelCoupling(channels, coupling_net, flip=k % 2 == 1, cond_channels=cond_channels))
     return layers
 
 
@@ -398,6 +461,7 @@ def build_multiscale_flow(
     mixing: Callable[..., FlowLayer] | None = None,
     learn_prior: bool = True,
     preprocess: FlowLayer | None = None,
+    cond_channels: int = 0,
 ) -> MultiScaleFlow:
     """Assemble a RealNVP / Glow multi-scale flow for images of ``shape = (C, H, W)``.
 
@@ -406,17 +470,18 @@ def build_multiscale_flow(
     :class:`InvConv1x1`), channel coupling] (Glow's step of flow), then a :class:`SplitPrior` (if
     ``learn_prior``) and the factor-out of half the channels. The last scale ends with a
     :class:`TopPrior` instead. ``preprocess`` (e.g. :class:`Logit`) is prepended. ``H`` and ``W``
-    must be divisible by ``2 ** num_scales``.
+    must be divisible by ``2 ** num_scales``. ``cond_channels > 0``: every coupling also takes a
+    condition of that many channels (a class embedding, :class:`MultiScaleFlow`).
     """
     c, h, w = shape
     scales: list[list[FlowLayer]] = []
     latent_shapes: list[tuple[int, int, int]] = []
     for i in range(num_scales):
         layers: list[FlowLayer] = [preprocess] if (i == 0 and preprocess is not None) else []
-        layers += _checkerboard_steps(c, coupling_net, checkerboard_steps, actnorm)
+        layers += _checkerboard_steps(c, coupling_net, checkerboard_steps, actnorm, cond_channels)
         layers.append(Squeeze())
         c, h, w = 4 * c, h // 2, w // 2
-        layers += _glow_steps(c, coupling_net, steps_per_scale, actnorm, mixing)
+        layers += _glow_steps(c, coupling_net, steps_per_scale, actnorm, mixing, cond_channels)
         priors, latent, c = _factor_out((c, h, w), i == num_scales - 1, learn_prior)
         scales.append(layers + priors)
         latent_shapes.append(latent)
