@@ -34,6 +34,9 @@ from genlab.families.base import family_names
 COLUMNS = ["family", "model", "loss", "params", "nll_bpd", "nll_kind", "fd", "kid", "precision", "recall", "confident",
            "samples_per_s", "train_s"]
 SAMPLE_COLUMNS = ("mode_coverage", "high_quality")  # results.json sample_metrics shown when present
+# shown when a run of the table is class-conditional: log p(x|y), the generative classifier's test accuracy,
+# the samples' label accuracy and intra-class FD (genlab-eval's conditional metrics)
+COND_COLUMNS = ["cond_nll_bpd", "classifier_acc", "label_acc", "intra_fd"]
 
 
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -69,7 +72,7 @@ def add_quality(runs: list[dict[str, Any]], n: int, cache_dir: str | None = None
                 return None
         else:
             continue
-        r["quality"], floor = q["samples"], q["floor"]
+        r["quality"], floor = {**q["samples"], **(q.get("conditional") or {})}, q["floor"]
         r["quality"]["sample_seconds_per_1000"] = q.get("sample_seconds_per_1000")
     return floor
 
@@ -95,6 +98,8 @@ def row(r: dict[str, Any]) -> dict[str, Any]:
         "nll_bpd": t.get("nll_bpd") if has_nll else None, "nll_kind": t.get("nll_kind", "none"),
         "fd": q.get("fd"), "kid": q.get("kid"), "precision": q.get("precision"), "recall": q.get("recall"),
         "confident": q.get("confident_share"), "samples_per_s": samples_per_s, "train_s": r.get("train_seconds"),
+        "cond_nll_bpd": t.get("cond_nll_bpd") if has_nll else None, "classifier_acc": t.get("classifier_accuracy"),
+        "label_acc": q.get("label_accuracy"), "intra_fd": q.get("intra_fd"),
     }
 
 
@@ -103,7 +108,9 @@ def write_tables(runs: list[dict[str, Any]], floor: dict[str, Any] | None, out: 
     sample metric that some run reports, e.g. ``mode_coverage`` on 2-D mixtures)."""
     extra_cols = sorted({k for r in runs for k in (r.get("sample_metrics") or {}) if k in SAMPLE_COLUMNS})
     rows = [{**row(r), **{k: (r.get("sample_metrics") or {}).get(k) for k in extra_cols}} for r in runs]
-    columns = COLUMNS + extra_cols
+    conditional = any(r.get("conditional") for r in runs)
+    columns = COLUMNS[:6] + (COND_COLUMNS[:2] if conditional else []) + COLUMNS[6:] + \
+        (COND_COLUMNS[2:] if conditional else []) + extra_cols
     data = runs[0].get("data", {})
     extra = []
     if floor is not None:
@@ -124,7 +131,11 @@ def write_tables(runs: list[dict[str, Any]], floor: dict[str, Any] | None, out: 
              "'—': the family has no likelihood / the value does not exist. FD, KID, precision and recall are "
              "measured against held-out test images in the features of a classifier trained on the dataset's "
              "train split; confident: the share of samples it classifies with probability >= 0.9; 'real data' is "
-             "the floor: held-out validation images scored the same way.", "",
+             "the floor: held-out validation images scored the same way." + (
+                 " Conditional runs: NLL is the marginal -log sum_y p(x|y) p(y) (same kind), cond_nll_bpd "
+                 "-log p(x|y), classifier_acc the generative classifier's test accuracy, label_acc the share of "
+                 "samples classified as the requested label, intra_fd the per-class FD averaged." if conditional
+                 else ""), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_fmt(rr.get(c)) for c in columns) + " |" for rr in rows + extra]
     (out / "comparison.md").write_text("\n".join(lines) + "\n")

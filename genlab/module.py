@@ -231,8 +231,11 @@ class GenerativeModule(L.LightningModule):
             per_class, ll = self.class_log_likelihoods(batch, stage, seed)
         if ll is None:
             return None
-        marginal = marginal_log_likelihood(per_class, self.family.condition.log_prior(per_class.device))
-        return LogLikelihood(marginal, ll.kind, {**ll.extras, "cond_log_px": ll.log_px.double()})
+        log_prior = self.family.condition.log_prior(per_class.device)
+        marginal = marginal_log_likelihood(per_class, log_prior)
+        # the generative classifier comes free with the marginal: argmax_y log p(x | y) + log p(y)
+        correct = ((per_class + log_prior).argmax(1) == batch["y"].to(per_class.device)).double()
+        return LogLikelihood(marginal, ll.kind, {**ll.extras, "cond_log_px": ll.log_px.double(), "cond_correct": correct})
 
     def class_log_likelihoods(self, batch: dict[str, Tensor], stage: str = "test",
                               seed: int = 0) -> tuple[Tensor, LogLikelihood | None]:
@@ -260,7 +263,7 @@ class GenerativeModule(L.LightningModule):
         extras = {k: v.detach().double() for k, v in ll.extras.items()}
         if "cond_log_px" in extras:
             cond = -extras.pop("cond_log_px")
-            extras.update(cond_nll=cond, cond_nll_sq=cond * cond)
+            extras.update(cond_nll=cond, cond_nll_sq=cond * cond, cond_correct=extras.pop("cond_correct"))
         terms = {"nll": nll, "nll_sq": nll * nll, **extras}
         sums = self._sums[stage]
         for key, value in terms.items():
@@ -279,7 +282,8 @@ class GenerativeModule(L.LightningModule):
         stats = example_standard_error(n, reduced["nll"], reduced["nll_sq"], self.info.dims)
         if "cond_nll" in reduced:  # a conditional model: log p(x | y) beside the marginal
             cond, cond_sq = reduced.pop("cond_nll"), reduced.pop("cond_nll_sq")
-            stats.update(cond_nll_nats=cond / n, cond_nll_bpd=cond / n / (self.info.dims * math.log(2)))
+            stats.update(cond_nll_nats=cond / n, cond_nll_bpd=cond / n / (self.info.dims * math.log(2)),
+                         classifier_accuracy=reduced.pop("cond_correct") / n)
             stats.update({f"cond_{k}": v for k, v in example_standard_error(n, cond, cond_sq, self.info.dims).items()})
         stats.update(self.family.summarize_likelihood(self.nets, n, reduced))
         for key, value in stats.items():

@@ -23,14 +23,15 @@ def _nll(metrics: dict[str, Any], stage: str, kind: str | None, unit: str) -> di
     if kind is None or f"{stage}/nll_nats" not in metrics:
         return {"nll_kind": "none"}
     errors = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()
-              if k.startswith((f"{stage}/nll_bpd_se", f"{stage}/cond_nll"))}
+              if k.startswith((f"{stage}/nll_bpd_se", f"{stage}/cond_nll", f"{stage}/classifier_accuracy"))}
     return {
         "nll_bpd": float(metrics[f"{stage}/nll_bpd"]),
         "nll_nats": float(metrics[f"{stage}/nll_nats"]),
         "nll_kind": kind,
         "unit": unit,
         # nll_bpd_se: the per-example standard error; a family may add others (nll_bpd_se_*); a conditional
-        # model's log p(x | y): cond_nll_bpd, cond_nll_nats, cond_nll_bpd_se (nll_bpd is then the marginal)
+        # model's log p(x | y): cond_nll_bpd, cond_nll_nats, cond_nll_bpd_se (nll_bpd is then the marginal), and
+        # classifier_accuracy: the generative classifier argmax_y p(x | y) p(y) on these examples
         **errors,
     }
 

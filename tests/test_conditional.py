@@ -85,6 +85,8 @@ def test_a_conditional_run_beats_neither_entropy_and_reaches_both(tiny, tmp_path
     assert cond_floor - 3 * t["cond_nll_bpd_se"] <= t["cond_nll_bpd"] <= cond_floor + 0.03
     assert floor - 3 * t["nll_bpd_se"] <= t["nll_bpd"] <= floor + 0.03
     assert t["cond_nll_bpd"] < t["nll_bpd"] and t["nll_kind"] == "exact"
+    bayes = ToyDataModule(mode="classes", shape=(1, 2, 2), levels=3, num_templates=3, sharpness=2.0).bayes_accuracy()
+    assert bayes - 0.04 <= t["classifier_accuracy"] <= bayes + 0.02  # 3000 test examples: SE ~0.004
     assert res["conditional"]["num_classes"] == 3 and res["conditional"]["prior"] == pytest.approx([1 / 3] * 3, abs=0.03)
     # the grid: one row per class (30 samples -> 10 per class), and the samples follow their class
     x = torch.load(Path(res["path"]).parent / "samples.pt")
