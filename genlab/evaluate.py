@@ -11,7 +11,8 @@ validation split). Writes ``quality.json`` in the run directory.
 A class-conditional run (``+conditional=class``) draws its samples for the labels of the reference
 images (so the samples' class mix is the reference's) and adds ``conditional``: the samples' label
 accuracy (the classifier agrees with the requested label) and the intra-class FD (per class, averaged).
-``--guidance 1,2,4`` sweeps the guidance weight of a family with guidance (``model.sampler.guidance``):
+``--guidance 1,2,4`` sweeps the guidance weight of a family with guidance (its ``guidance_key``, e.g.
+``model.sampler.guidance``):
 FD and label accuracy per weight in ``guidance_sweep.json`` / ``.md`` / ``.png``.
 """
 
@@ -149,13 +150,13 @@ def guidance_sweep(source: str | Path, weights: list[float], n: int = 1000, seed
     ckpt, run_dir = find_checkpoint(source)
     module, dm = load_run(str(ckpt))
     family = module.family
-    if not (isinstance(family, Conditional) and family.guidance):
+    if not (isinstance(family, Conditional) and family.guidance_key):
         raise ValueError(f"the {family.name} family has no guidance weight to sweep; families with guidance: "
                          f"{', '.join(c.name for c in _guided())}. Fix: drop --guidance")
     floor, rows = None, []
     for w in weights:
         q = evaluate(source, n, seed=seed, cache_dir=cache_dir, floor=floor,
-                     overrides=[*(overrides or []), f"model.sampler.guidance={w}"])
+                     overrides=[*(overrides or []), f"{family.guidance_key}={w}"])
         floor = q["floor"]
         cond = q["conditional"] or {}
         rows.append({"weight": w, "fd": q["samples"]["fd"], "label_accuracy": cond.get("label_accuracy"),
@@ -169,7 +170,7 @@ def guidance_sweep(source: str | Path, weights: list[float], n: int = 1000, seed
 def _guided() -> list[type]:
     from genlab.families.base import registered
 
-    return [c for c in registered() if issubclass(c, Conditional) and c.guidance]
+    return [c for c in registered() if issubclass(c, Conditional) and c.guidance_key]
 
 
 def write_sweep(out: dict[str, Any], run_dir: Path) -> None:

@@ -139,7 +139,7 @@ def test_pixelcnn_class_bias_enters_both_stacks_of_every_layer():
 
 # -- (c) label dropout -----------------------------------------------------------------------------------------
 def test_label_dropout_gives_null_labels_and_changes_the_loss():
-    assert Autoregressive.default_label_dropout == 0.0 and Autoregressive.guidance == ""
+    assert Autoregressive.default_label_dropout == 0.0 and Autoregressive.guidance_key == ""
     losses = {}
     for rate in (0.0, 0.99):
         fam, nets = _family("pixelcnn", classes=3, dropout=rate)

@@ -151,7 +151,7 @@ def test_ebm_labels_reach_the_samples_and_the_likelihood(make_cfg):
 def test_label_dropout_trains_the_null_label(make_cfg, overrides):
     fam, nets, info = _family(make_cfg, overrides, _cond(dropout=0.0), info=POINTS)
     batch = _batch(info, 32, list(range(10)) * 3 + [0, 1])
-    assert fam.label_dropout() == 0.0 and fam.default_label_dropout == 0.0 and fam.guidance == ""
+    assert fam.label_dropout() == 0.0 and fam.default_label_dropout == 0.0 and fam.guidance_key == ""
     group = "generator" if fam.schedule() else None
     plain = _loss(fam, copy.deepcopy(nets), batch, group)
     assert torch.equal(plain, _loss(fam, copy.deepcopy(nets), batch, group))  # seeded: only the labels differ below

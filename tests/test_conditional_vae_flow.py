@@ -133,7 +133,7 @@ def test_label_dropout_replaces_labels_by_the_null_label(make_cfg, model):
     kept_loss = fam.loss(nets, batch).loss
     assert abs(float((dropped_loss - kept_loss).detach())) > 1e-5
     fam.condition.dropout = None
-    assert fam.label_dropout() == fam.default_label_dropout == 0.0 and fam.guidance == ""
+    assert fam.label_dropout() == fam.default_label_dropout == 0.0 and fam.guidance_key == ""
 
 
 # -- (d), (e) refusals ----------------------------------------------------------------------------------

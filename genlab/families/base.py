@@ -341,13 +341,13 @@ class Conditional(Capability):
 
     ``default_label_dropout``: the share of training labels replaced by the null label when
     ``conditional.dropout`` is null (> 0 for families with classifier-free guidance);
-    ``guidance``: how :meth:`Family.sample`'s sampler takes a guidance weight, for reports
-    (empty: the family has no guidance).
+    ``guidance_key``: the config key of the sampler's guidance weight (``model.sampler.guidance``; 1 =
+    unguided), for sweeps and reports (empty: the family has no guidance).
     """
 
     missing = "it has no class-conditional model yet"
     default_label_dropout: ClassVar[float] = 0.0
-    guidance: ClassVar[str] = ""
+    guidance_key: ClassVar[str] = ""
 
     def label_dropout(self) -> float:
         """The share of training labels dropped (``conditional.dropout``, else the family's default)."""

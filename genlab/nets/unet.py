@@ -1,4 +1,4 @@
-"""Time-conditioned backbones ``net(x, t) -> (B, out_mult * C, ...)`` for diffusion and flow matching.
+"""Time-conditioned backbones ``net(x, t, c=None) -> (B, out_mult * C, ...)`` for diffusion and flow matching.
 
 Both take ``t`` of shape ``(B,)`` in ``[0, 1]`` (families rescale their own time, e.g.
 ``t = step / T``), embed it with sinusoids (Vaswani et al. 2017, as in DDPM), and return a
@@ -10,6 +10,13 @@ two outputs per dimension (e.g. a mean and a variance) with ``out_mult=2``.
   at the lowest resolutions, and skip connections; any image size (decoder upsampling
   matches the encoder's sizes, so 28x28 -> 14 -> 7 works).
 * :class:`TimeMLP`: the same contract for vectors and small images (toy data, 2-D points).
+
+**Conditions.** Both take an optional condition embedding ``c`` ``(B, condition_dim)``, ADDED to the
+time embedding before it reaches the blocks (the class conditioning of guided-diffusion, Dhariwal &
+Nichol 2021, and EDM, Karras et al. 2022): ``temb(t) + c``. The nets own no label table — the family
+builds one of width :func:`condition_dim` (:meth:`genlab.conditioning.ClassCondition.embedding`) and
+:class:`LabelConditioned` puts the two together as ``net(x, t, y)``. Without ``c`` a net is exactly
+the unconditional one (same parameters, same state-dict keys, same numbers).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from genlab.conditioning import ConditionError
 
 
 def timestep_embedding(t: Tensor, dim: int, scale: float = 1000.0, max_period: float = 10000.0) -> Tensor:
@@ -35,6 +44,16 @@ def timestep_embedding(t: Tensor, dim: int, scale: float = 1000.0, max_period: f
 
 def _groups(ch: int) -> int:
     return next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0 and ch // g >= 2 or g == 1)
+
+
+def _with_condition(temb: Tensor, c: Tensor | None) -> Tensor:
+    """``temb + c`` (the condition embedding added to the time embedding); ``temb`` itself without ``c``."""
+    if c is None:
+        return temb
+    if c.shape != temb.shape:
+        raise ValueError(f"the condition embedding must be (B, {temb.shape[-1]}) like the time embedding, got "
+                         f"{tuple(c.shape)}")
+    return temb + c.to(temb.dtype)
 
 
 class TimeEmbedding(nn.Module):
@@ -200,9 +219,15 @@ class UNet(nn.Module):
         self.up, ch = _decoder(widths, ch, skips)
         self.head = _head(ch, out_mult * shape[0])
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x``: (B, C, H, W) float; ``t``: (B,) in [0, 1] -> (B, out_mult*C, H, W)."""
-        temb = self.time(t.expand(x.shape[0]) if t.dim() == 0 or t.numel() == 1 else t)
+    @property
+    def condition_dim(self) -> int:
+        """The width of the time embedding, which a condition embedding ``c`` is added to."""
+        return self.time.out_dim
+
+    def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        """``x``: (B, C, H, W) float; ``t``: (B,) in [0, 1]; ``c``: None or (B, condition_dim), added to
+        the time embedding -> (B, out_mult*C, H, W)."""
+        temb = _with_condition(self.time(t.expand(x.shape[0]) if t.dim() == 0 or t.numel() == 1 else t), c)
         h = self.stem(x)
         hs = [h]
         for blocks in self.down:
@@ -266,10 +291,16 @@ class TimeMLP(nn.Module):
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x``: (B, *shape); ``t``: (B,) in [0, 1] -> (B, out_mult * shape[0], *shape[1:])."""
+    @property
+    def condition_dim(self) -> int:
+        """The width of the time embedding, which a condition embedding ``c`` is added to."""
+        return self.time.out_dim
+
+    def forward(self, x: Tensor, t: Tensor, c: Tensor | None = None) -> Tensor:
+        """``x``: (B, *shape); ``t``: (B,) in [0, 1]; ``c``: None or (B, condition_dim), added to the time
+        embedding -> (B, out_mult * shape[0], *shape[1:])."""
         b = x.shape[0]
-        temb = self.time(t.expand(b) if t.numel() == 1 else t)
+        temb = _with_condition(self.time(t.expand(b) if t.numel() == 1 else t), c)
         h = self.inp(x.reshape(b, -1))
         for block in self.blocks:
             h = h + block(torch.cat([F.silu(h), temb], dim=-1))
@@ -278,3 +309,27 @@ class TimeMLP(nn.Module):
             return out.view(b, *self.shape)
         # (B, out_mult, D) -> stacked along dim 1 like the UNet's channels
         return out.view(b, self.out_mult, *self.shape).reshape(b, self.out_mult * self.shape[0], *self.shape[1:])
+
+
+def condition_dim(net: nn.Module) -> int:
+    """The width of the condition embedding ``net`` adds to its time embedding (:attr:`UNet.condition_dim`);
+    a clear error for a backbone that takes no condition."""
+    dim = getattr(net, "condition_dim", None)
+    if not isinstance(dim, int):
+        raise ConditionError(f"{type(net).__name__} takes no condition embedding, so it cannot be class-conditional: "
+                         "use genlab.nets.unet.UNet or genlab.nets.unet.TimeMLP as model.net, or drop +conditional")
+    return dim
+
+
+class LabelConditioned(nn.Module):
+    """``net(x, t, y) = backbone(x, t, c = embed(y))``: a backbone and a label table
+    (:class:`genlab.conditioning.LabelEmbedding`, ``y (B,) -> (B, condition_dim)``) as one network of
+    ``(x, t, y)``. It holds the two modules as they are (no copy): a view of a run's nets for the
+    samplers, or, deep-copied, a frozen guide that keeps its own labels (autoguidance)."""
+
+    def __init__(self, net: nn.Module, embed: nn.Module) -> None:
+        super().__init__()
+        self.net, self.embed = net, embed
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        return self.net(x, t, self.embed(y))

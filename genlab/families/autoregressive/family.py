@@ -92,7 +92,7 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter, Conditional
     objective_type = DiscreteObservation
     nll_kind = "exact"
     default_label_dropout = 0.0  # an exact conditional likelihood needs no null label; no guidance
-    guidance = ""
+    guidance_key = ""
 
     def __init__(
         self,

@@ -7,12 +7,13 @@ Ho et al. 2020, Eq. 5; Sohl-Dickstein et al. 2015::
     L_{t-1} = E_q KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))      (one draw of x_t per term)
     L_0     = E_q -log P(x | x_0),  P = discretised Gaussian (Eq. 13), bins of width 2/(L-1)
 
-in nats per example. The ``T - 1`` KL terms are summed exactly or estimated without bias from ``K``
-stratified timesteps (one uniform draw from each of ``K`` near-equal strata of ``1..T-1``, weighted
-by the stratum size ``n_k``): :func:`variational_bound`. The Monte Carlo variance of that estimate,
-per example, treats the ``K`` weighted draws ``K n_k L_k`` as i.i.d. (conservative for stratified
-draws): ``Var = sum_k (K n_k L_k - mean)^2 / (K (K - 1))``; 0 when every term is evaluated, NaN for
-``K = 1`` (one draw: unknown).
+in nats per example (``-log p(x | y)`` of a conditional model given its labels; always the unguided
+model: guidance changes the samples, not the bound). The ``T - 1`` KL terms are summed exactly or
+estimated without bias from ``K`` stratified timesteps (one uniform draw from each of ``K`` near-equal
+strata of ``1..T-1``, weighted by the stratum size ``n_k``): :func:`variational_bound`. The Monte
+Carlo variance of that estimate, per example, treats the ``K`` weighted draws ``K n_k L_k`` as i.i.d.
+(conservative for stratified draws): ``Var = sum_k (K n_k L_k - mean)^2 / (K (K - 1))``; 0 when every
+term is evaluated, NaN for ``K = 1`` (one draw: unknown).
 
 Over ``n`` evaluated examples with bounds ``b_i`` and variances ``v_i`` (:func:`standard_errors`),
 in nats (divide by ``D ln 2`` for bits/dim):
@@ -51,7 +52,8 @@ class BoundEstimate:
 
 def kl_terms(model: DiffusionModel, x0: Tensor, ts: Tensor, chunk: int) -> Tensor:
     """One-draw ``L_{t-1}`` for timesteps ``ts`` ``(K, B)`` of the examples ``x0`` ``(B, ...)``: ``(K, B)``,
-    with at most ``chunk`` (example, timestep) pairs per network call."""
+    with at most ``chunk`` (example, timestep) pairs per network call (a conditional model's labels
+    tiled with the examples: :meth:`DiffusionModel.tiled`)."""
     k_per_call = max(1, chunk // x0.shape[0])
     rows = []
     with progress.bar(f"bound: {ts.shape[0]} KL terms of {x0.shape[0]} examples", total=ts.shape[0],
@@ -59,7 +61,7 @@ def kl_terms(model: DiffusionModel, x0: Tensor, ts: Tensor, chunk: int) -> Tenso
         for part in ts.split(k_per_call):
             interrupt.check("during the diffusion bound")  # a stop request between chunks of timesteps
             xs = x0.repeat(part.shape[0], *([1] * (x0.ndim - 1)))
-            rows.append(model.draw_term(xs, part.flatten()).view(part.shape[0], -1))
+            rows.append(model.tiled(part.shape[0]).draw_term(xs, part.flatten()).view(part.shape[0], -1))
             bar.advance(part.shape[0])
     return torch.cat(rows)
 

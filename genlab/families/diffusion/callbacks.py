@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 
 from genlab.callbacks.ema import EMAWeightAveraging
-from genlab.families.diffusion.guidance import GuideNet
+from genlab.families.diffusion.guidance import GuideNet, guide_source
 
 
 class GuideSnapshot(L.Callback):
@@ -20,9 +20,11 @@ class GuideSnapshot(L.Callback):
 
     The guide copies the EMA weights when an EMA callback averages the model (else the raw ones),
     into the live model and into the average alike, so that the average of the frozen copy stays
-    exactly that copy. It is taken once per run (the step is saved with it, so a resumed run does
-    not take it again). A no-op for models without a guide (``model.guidance=null``). Whether a
-    snapshot is due is decided at the start of training, so the training steps pay only a comparison.
+    exactly that copy (with the label table of a conditional model: the guide keeps the labels it had
+    then, :func:`~genlab.families.diffusion.guidance.guide_source`). It is taken once per run (the step
+    is saved with it, so a resumed run does not take it again). A no-op for models without a guide
+    (``model.guidance=null``). Whether a snapshot is due is decided at the start of training, so the
+    training steps pay only a comparison.
     """
 
     def __init__(self) -> None:
@@ -40,7 +42,7 @@ class GuideSnapshot(L.Callback):
         if self._at is None or max(trainer.global_step / self._total, pl_module.time_progress()) < self._at:
             return
         averaged = next((c.average for c in trainer.callbacks if isinstance(c, EMAWeightAveraging)), None)
-        source = (averaged or pl_module).nets["net"]
+        source = guide_source((averaged or pl_module).nets)
         for module in (pl_module, averaged):
             if module is not None:
                 module.nets["guide"].copy_from(source, trainer.global_step)

@@ -19,6 +19,15 @@ Capabilities: :class:`~genlab.families.base.Denoiser` (from the matching step of
 :mod:`~genlab.families.diffusion.denoising`), :class:`~genlab.families.base.Inpainter` (RePaint,
 :mod:`~genlab.families.diffusion.repaint`) and :class:`~genlab.families.base.Encoder` (DDIM
 inversion, :mod:`~genlab.families.diffusion.inversion`).
+
+Class-conditional (``+conditional=class``; :class:`~genlab.families.base.Conditional`): a learned
+label table of the backbone's time-embedding width is added to the time embedding (guided-diffusion,
+Dhariwal & Nichol 2021; EDM), trained with label dropout (0.1 by default) to the null label, so that
+the same network is also the unconditional model. Samples are classifier-free guided (Ho & Salimans
+2022) with the sampler's weight ``w`` (``model.sampler.guidance=W``; ``w = 1``: unguided, Ho &
+Salimans' ``w_HS = w - 1``), or autoguided by the snapshot conditioned on the same label where
+``model.guidance`` is set (:mod:`~genlab.families.diffusion.guidance`). The bound is ``-log p(x | y)``
+of the unguided conditional model.
 """
 
 from __future__ import annotations
@@ -32,12 +41,12 @@ from torch import Tensor, nn
 
 from genlab.data.base import DataInfo, check_discrete
 from genlab.data.scaling import GridScale
-from genlab.families.base import Denoiser, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.base import Conditional, Denoiser, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
 import genlab.families.diffusion.denoising as denoising
 import genlab.families.diffusion.inversion as inversion
 import genlab.families.diffusion.repaint as repaint
 from genlab.families.diffusion.bound import BoundEstimate, standard_errors, variational_bound
-from genlab.families.diffusion.guidance import Guidance, GuideNet
+from genlab.families.diffusion.guidance import Guidance, GuideNet, guide_source
 from genlab.families.diffusion.model import FIXED_VARIANCES, DiffusionModel
 from genlab.families.diffusion.objectives import DiffusionObjective, SimpleLoss
 from genlab.families.diffusion.predictions import PREDICTIONS, Prediction
@@ -46,6 +55,7 @@ from genlab.families.diffusion.samplers import SAMPLERS, DDIM, Sampler
 from genlab.families.diffusion.schedules import SCHEDULES, NoiseSchedule
 from genlab.metrics.likelihood import LN2, LogLikelihood
 from genlab.nets import input_kind_error
+from genlab.nets.unet import LabelConditioned, condition_dim
 
 
 def resolve(value: Any, registry: dict[str, type], base: type, key: str) -> Any:
@@ -72,8 +82,18 @@ def check_options(timesteps: int, fixed_variance: str, val_timesteps: int | None
             raise ValueError(f"model.{key}={k}: use a number of timesteps >= 1, or null for all of them")
 
 
-class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder):
+class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional):
     """Gaussian diffusion family (module docstring). Images (UNet) and points / small images (TimeMLP).
+
+    Conditional (``self.condition`` set): ``nets["label"]``, a table ``y -> (B, temb_dim)`` added to the
+    net's time embedding (``net(x, t, c)``, :class:`~genlab.nets.unet.LabelConditioned`); training drops
+    a share :meth:`label_dropout` of the labels to the null label; every sampler, the bound and the
+    capabilities run the :class:`~genlab.families.diffusion.model.DiffusionModel` that carries the labels.
+    Guidance weight ``w`` (the sampler's ``guidance``, else ``model.guidance.weight``, else 1): with
+    ``model.guidance`` the guide is the autoguidance snapshot given the same labels; without it, on a
+    conditional model, the network given the null label (classifier-free, ``D_∅ + w (D_y - D_∅)``,
+    Ho & Salimans' ``w_HS = w - 1``). A weight other than 1 on an unconditional model without
+    ``model.guidance`` is refused with the fix.
 
     Args:
         net: backbone factory ``net(shape=..., out_mult=...)`` with ``forward(x, t)``, ``t in [0, 1]``
@@ -91,7 +111,8 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder):
         guidance: autoguidance (:mod:`~genlab.families.diffusion.guidance`): ``{weight, at}``
             keeps a frozen copy of the EMA weights from the share ``at`` of training as the guide
             and samples with ``guide + weight * (model - guide)`` (a sampler's own ``guidance``
-            weight overrides ``weight`` for its samples); None: no guide.
+            weight overrides ``weight`` for its samples); None: no guide (a conditional model is then
+            guided classifier-free by a sampler's ``guidance`` weight).
     """
 
     name = "diffusion"
@@ -102,6 +123,9 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder):
     inpaint_method = repaint.METHOD
     latent_paths = ("slerp", "linear")
     encoder_kind = "DDIM inversion"
+    default_label_dropout = 0.1
+    # the capability's report line; an instance's ``guidance`` is its autoguidance config (model.guidance)
+    guidance_key = "model.sampler.guidance"  # classifier-free guidance weight (1 = unguided)
 
     def __init__(
         self,
@@ -148,8 +172,10 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder):
     def build(self, info: DataInfo) -> Nets:
         out_mult = 2 if self.learns_variance else 1  # a second block for the variances (Eq. 15)
         nets = Nets(info, {"net": self.net_factory(shape=tuple(info.shape), out_mult=out_mult)})
+        if self.condition is not None:  # the label table, added to the time embedding
+            nets["label"] = self.condition.embedding(condition_dim(nets["net"]))
         if self.guidance is not None:  # filled in during training by callbacks.GuideSnapshot
-            nets["guide"] = GuideNet(nets["net"], at=self.guidance.at)
+            nets["guide"] = GuideNet(guide_source(nets), at=self.guidance.at)
         return nets
 
     def adapt_state(self, nets: nn.ModuleDict, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -200,29 +226,56 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder):
         return self.scale(nets, x, next(nets.parameters()).dtype)
 
     # -- the model seam ---------------------------------------------------------------------------
-    def model(self, nets: Nets) -> DiffusionModel:
-        """The denoiser of this run: its network (and guide) on the training chain."""
+    def model(self, nets: Nets, labels: Tensor | None = None) -> DiffusionModel:
+        """The denoiser of this run: its network (and guide) on the training chain; a conditional one given
+        ``labels`` ``(B,)`` (required then: :meth:`labels_for`), with the null label for classifier-free
+        guidance where it was trained with label dropout."""
+        if (labels is None) != (self.condition is None):
+            raise ValueError("a conditional diffusion model needs labels and an unconditional one takes none: "
+                             "model(nets, labels) with labels from labels_for(n, y, device)")
         return DiffusionModel(
-            net=nets["net"], process=self.process, prediction=self.prediction, shape=tuple(nets.info.shape),
+            net=nets["net"] if labels is None else LabelConditioned(nets["net"], nets["label"]),
+            process=self.process, prediction=self.prediction, shape=tuple(nets.info.shape),
             scale=self.grid(nets), learns_variance=self.learns_variance, fixed_variance=self.fixed_variance,
             clip_denoised=self.clip_denoised, guide=nets["guide"] if "guide" in nets else None,
-            guidance_weight=self.guidance.weight if self.guidance is not None else 1.0)
+            guidance_weight=self.guidance.weight if self.guidance is not None else 1.0, labels=labels,
+            null_label=self.condition.null_label if labels is not None and self.label_dropout() > 0 else None)
 
-    def bound(self, nets: Nets, x0: Tensor, timesteps: int | None = None) -> BoundEstimate:
-        """The variational bound on ``-log P(x)`` for ``x0`` in ``[-1, 1]``, ``K = timesteps`` stratified
-        KL terms (None: all ``T - 1``); :func:`~genlab.families.diffusion.bound.variational_bound`."""
-        return variational_bound(self.model(nets), x0, timesteps, self.eval_chunk)
+    def labels_for(self, n: int, y: Tensor | None, device: Any, capability: bool = False) -> Tensor | None:
+        """The labels of ``n`` examples: None for an unconditional model (which refuses ``y``), else ``y``
+        checked (the null label allowed), or, for ``y=None``, labels drawn from ``p(y)`` — the null label
+        instead for a ``capability`` (denoise, inpaint, encode) of a model trained with label dropout."""
+        if self.condition is None:
+            if y is not None:
+                raise ValueError("this model is unconditional: it takes no labels (y=). Fix: drop them, or train "
+                                 "with +conditional=class")
+            return None
+        if y is None and capability and self.label_dropout() > 0:
+            y = torch.full((n,), self.condition.null_label, dtype=torch.long)
+        return self.sampling_labels(n, y, device)
+
+    def bound(self, nets: Nets, x0: Tensor, timesteps: int | None = None,
+              labels: Tensor | None = None) -> BoundEstimate:
+        """The variational bound on ``-log P(x)`` (``-log p(x | y)`` given a conditional model's ``labels``,
+        unguided) for ``x0`` in ``[-1, 1]``, ``K = timesteps`` stratified KL terms (None: all ``T - 1``);
+        :func:`~genlab.families.diffusion.bound.variational_bound`."""
+        return variational_bound(self.model(nets, labels), x0, timesteps, self.eval_chunk)
 
     # -- contract ---------------------------------------------------------------------------------
     def loss(self, nets: Nets, batch: dict[str, Tensor]) -> LossOutput:
-        return self.objective(self.model(nets), self.scale(nets, self.check_discrete(nets, batch["x"])))
+        """The objective on the batch (given its labels, with label dropout, where conditional)."""
+        x0 = self.scale(nets, self.check_discrete(nets, batch["x"]))
+        labels = self.training_labels(batch) if self.condition is not None else None
+        return self.objective(self.model(nets, labels), x0)
 
     @torch.no_grad()
     def log_likelihood(self, nets: Nets, batch: dict[str, Tensor], stage: str = "test") -> LogLikelihood:
-        """The bound as ``log P(x) >= -(L_T + sum L_{t-1} + L_0)`` per example, with ``stage``'s number
-        of KL terms; ``extras["kl_var"]``: the Monte Carlo variance of the KL estimate per example."""
+        """The bound as ``log P(x) >= -(L_T + sum L_{t-1} + L_0)`` per example (``log p(x | y)`` with the
+        batch's ``y`` where conditional, unguided), with ``stage``'s number of KL terms;
+        ``extras["kl_var"]``: the Monte Carlo variance of the KL estimate per example."""
         x0 = self.scale(nets, self.check_discrete(nets, batch["x"]), next(nets.parameters()).dtype)
-        est = self.bound(nets, x0, self.val_timesteps if stage == "val" else self.test_timesteps)
+        labels = self.labels(batch).to(x0.device) if self.condition is not None else None
+        est = self.bound(nets, x0, self.val_timesteps if stage == "val" else self.test_timesteps, labels)
         return LogLikelihood(-est.nll.double(), "bound", {"kl_var": est.kl_var.detach()})
 
     def summarize_likelihood(self, nets: Nets, n: int, sums: dict[str, float]) -> dict[str, float]:
@@ -237,11 +290,13 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder):
         return {"nll_bpd_se": se["examples"] * to_bpd, "nll_bpd_se_timesteps": se["timesteps"] * to_bpd}
 
     @torch.no_grad()
-    def sample(self, nets: Nets, n: int, sampler: Sampler | str | None = None) -> Tensor:
-        """``n`` samples in data space with ``sampler`` (default ``model.sampler``); autoguided when
-        ``model.guidance`` (or the sampler's ``guidance``) says so."""
+    def sample(self, nets: Nets, n: int, sampler: Sampler | str | None = None, y: Tensor | None = None) -> Tensor:
+        """``n`` samples in data space with ``sampler`` (default ``model.sampler``), of the classes ``y``
+        ``(n,)`` where conditional (None: drawn from ``p(y)``); guided when ``model.guidance`` (or the
+        sampler's ``guidance``) says so: autoguided with a snapshot, else classifier-free."""
         s = self.sampler if sampler is None else resolve(sampler, SAMPLERS, Sampler, "sampler")
-        return self.to_data(nets, s(self.model(nets), n))
+        labels = self.labels_for(n, y, next(nets.parameters()).device)
+        return self.to_data(nets, s(self.model(nets, labels), n))
 
     # -- capabilities -----------------------------------------------------------------------------
     def denoise_plan(self, nets: Nets, sigma: float, steps: int | None) -> dict[str, Any]:
@@ -250,20 +305,28 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder):
     def describe_plan(self, plan: dict[str, Any], method: str) -> str:
         return denoising.describe_plan(plan, method)
 
-    def denoise(self, nets: Nets, y: Tensor, plan: dict[str, Any], method: str) -> Tensor:
-        return denoising.denoise(self.model(nets), y, plan, method)
+    def denoise(self, nets: Nets, y: Tensor, plan: dict[str, Any], method: str,
+                labels: Tensor | None = None) -> Tensor:
+        """Noisy ``y`` -> denoised (:mod:`~genlab.families.diffusion.denoising`); a conditional model given
+        ``labels`` (``y`` is the noisy input here; None: the null label, :meth:`labels_for`)."""
+        return denoising.denoise(self.model(nets, self.labels_for(len(y), labels, y.device, True)), y, plan, method)
 
-    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: Any) -> Tensor:
-        """RePaint (:mod:`~genlab.families.diffusion.repaint`) with ``options.steps``, ``.jump``, ``.resample``."""
+    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: Any, y: Tensor | None = None) -> Tensor:
+        """RePaint (:mod:`~genlab.families.diffusion.repaint`) with ``options.steps``, ``.jump``, ``.resample``;
+        a conditional model given the classes ``y`` (None: the null label, :meth:`labels_for`)."""
         x0 = self.scale(nets, x, next(nets.parameters()).dtype)
-        y = repaint.repaint(self.model(nets), x0, missing, options.steps, options.jump, options.resample)
-        return self.to_data(nets, y).to(x.dtype)
+        model = self.model(nets, self.labels_for(len(x), y, x.device, True))
+        filled = repaint.repaint(model, x0, missing, options.steps, options.jump, options.resample)
+        return self.to_data(nets, filled).to(x.dtype)
 
-    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None) -> Tensor:
-        """DDIM inversion (:mod:`~genlab.families.diffusion.inversion`) of discrete ``x`` on ``steps`` steps."""
+    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
+        """DDIM inversion (:mod:`~genlab.families.diffusion.inversion`) of discrete ``x`` on ``steps`` steps
+        (unguided), given the classes ``y`` where conditional (None: the null label)."""
         x0 = self.scale(nets, self.check_discrete(nets, x), next(nets.parameters()).dtype)
-        return inversion.ddim_encode(self.model(nets), x0, steps)
+        return inversion.ddim_encode(self.model(nets, self.labels_for(len(x), y, x.device, True)), x0, steps)
 
-    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None) -> Tensor:
-        """Codes -> discrete levels by deterministic DDIM from the codes on ``steps`` steps."""
-        return self.to_data(nets, inversion.ddim_decode(self.model(nets), z, steps))
+    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
+        """Codes -> discrete levels by deterministic DDIM from the codes on ``steps`` steps, given the
+        classes ``y`` where conditional (None: the null label)."""
+        model = self.model(nets, self.labels_for(len(z), y, z.device, True))
+        return self.to_data(nets, inversion.ddim_decode(model, z, steps))

@@ -16,6 +16,20 @@ The guidance is linear in the prediction, and ``eps``, ``x0`` and ``v`` are affi
 each other at fixed ``x_t``, so it is the same whichever of them the network predicts. Learned
 variances come from the model alone. Guidance changes the *samples* only: the variational bound
 (the likelihood) is always the unguided model's.
+
+**Classifier-free guidance** (Ho & Salimans 2022) is the same extrapolation with another guide: a
+class-conditional model trained with label dropout is also the unconditional model (the null label
+``∅``), and the conditional prediction is extrapolated away from it::
+
+    D_w(x_t, t, y) = D(x_t, t, ∅) + w (D(x_t, t, y) - D(x_t, t, ∅))
+
+In noise units Ho & Salimans write ``(1 + w_HS) eps(x, y) - w_HS eps(x, ∅)``: the same thing with
+``w_HS = w - 1`` (``w = 1``, their ``w_HS = 0``, is the unguided conditional model). For Gaussians
+(and in the exact-score limit) the guided score is that of ``p(x | y)^w p(x)^(1 - w)``. On a
+conditional model *with* autoguidance (``model.guidance``) the guide is the snapshot conditioned on
+the same ``y`` (Karras et al. 2024 guide conditional models this way); without it the guide is the
+network itself with the null label. One weight for both (``model.guidance.weight``, or the
+sampler's ``guidance``): :class:`~genlab.families.diffusion.model.DiffusionModel` picks the guide.
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab.families.base import parse_node
+from genlab.nets.unet import LabelConditioned
 
 
 @dataclass
@@ -85,8 +100,16 @@ class GuideNet(nn.Module):
             buf.copy_(source[name])
         self.taken_at.fill_(float(step))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.net(x, t)
+    def forward(self, x: Tensor, t: Tensor, *condition: Tensor) -> Tensor:
+        """The frozen prediction at ``(x, t)``; a conditional guide also takes the labels ``y``."""
+        return self.net(x, t, *condition)
+
+
+def guide_source(nets: nn.ModuleDict) -> nn.Module:
+    """What the guide snapshot copies: the network, with the label table where the model is
+    conditional (:class:`~genlab.nets.unet.LabelConditioned`, so that the guide keeps the labels of its
+    time); the live modules themselves, not copies."""
+    return LabelConditioned(nets["net"], nets["label"]) if "label" in nets else nets["net"]
 
 
 def guided(out: Tensor, guide_out: Tensor, weight: float, channels: int) -> Tensor:

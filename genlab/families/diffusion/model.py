@@ -13,8 +13,17 @@ with ``x0_hat`` read from the network ``net(x_t, t / T)`` through a :mod:`predic
 ``beta_t``) or learned (``u log beta_t + (1 - u) log beta~_t``, Nichol & Dhariwal 2021, Eq. 15).
 
 A model is a small immutable value: :meth:`DiffusionModel.on` puts the same network on another
-process (a respaced or truncated chain), :meth:`DiffusionModel.with_guidance` changes the autoguidance
+process (a respaced or truncated chain), :meth:`DiffusionModel.with_guidance` changes the guidance
 weight (:mod:`~genlab.families.diffusion.guidance`) for one sampling call.
+
+**Conditions.** A class-conditional model carries its labels: ``labels`` ``(B,)``, one per example of
+the batch it runs on, and the network is then called as ``net(x_t, t, labels)`` (a
+:class:`~genlab.nets.unet.LabelConditioned`). Everything that runs the model — the objectives, every
+sampler through the one reverse-chain loop, the bound, denoising, RePaint, DDIM inversion — is thereby
+conditional without knowing it. Its guide (:meth:`DiffusionModel.guide_output`) is the autoguidance
+snapshot conditioned on the same labels, or, without one, the network with the null label
+``null_label`` (classifier-free guidance; None where the model was trained without label dropout and
+so has no unconditional model to guide with).
 """
 
 from __future__ import annotations
@@ -58,7 +67,12 @@ class DiffusionModel:
         fixed_variance: ``Sigma_t`` otherwise: ``small`` (``beta~_t``) or ``large`` (``beta_t``).
         clip_denoised: whether samplers clip ``x0_hat`` to ``[-1, 1]`` (never in the bound).
         guide: the frozen guide of autoguidance, or None.
-        guidance_weight: ``w`` of ``guide + w (net - guide)`` in the samplers (1: unguided).
+        guidance_weight: ``w`` of ``guide + w (net - guide)`` in the samplers (1: unguided); with a
+            conditional model and no ``guide``, classifier-free guidance (``w = 1 + w_HS``).
+        labels: the class of each example ``(B,)`` of a conditional model (the net is ``net(x, t, y)``);
+            None: unconditional (``net(x, t)``).
+        null_label: the label of the unconditional model (the guide of classifier-free guidance); None:
+            there is none (an unconditional model, or one trained without label dropout).
     """
 
     net: nn.Module
@@ -71,17 +85,23 @@ class DiffusionModel:
     clip_denoised: bool = True
     guide: GuideNet | None = None
     guidance_weight: float = 1.0
+    labels: Tensor | None = None
+    null_label: int | None = None
 
     def on(self, process: GaussianDiffusion) -> DiffusionModel:
         """The same network on ``process`` (a respaced or truncated chain of the same ``alpha_bar``)."""
         return replace(self, process=process)
 
     def with_guidance(self, weight: float) -> DiffusionModel:
-        """The model sampled with autoguidance weight ``weight`` (1: unguided); needs a guide for ``w != 1``."""
+        """The model sampled with guidance weight ``weight`` (1: unguided); ``w != 1`` needs a guide: an
+        autoguidance snapshot, or (classifier-free) a conditional model trained with label dropout."""
         if weight != 1.0 and self.guide is None:
-            raise ValueError(f"autoguidance weight {weight:g} needs a guide snapshot, and this model has none: train "
-                             "with e.g. model.guidance='{weight: 3.0, at: 0.25}', or leave the weight at 1")
+            _check_classifier_free(weight, self.labels, self.null_label)
         return replace(self, guidance_weight=weight)
+
+    def tiled(self, k: int) -> DiffusionModel:
+        """The model on ``k`` stacked copies of its batch (``x.repeat(k, ...)``): the labels repeated alike."""
+        return self if self.labels is None or k == 1 else replace(self, labels=self.labels.repeat(k))
 
     @property
     def channels(self) -> int:
@@ -100,19 +120,28 @@ class DiffusionModel:
 
     # -- the network ---------------------------------------------------------------------------
     def output(self, x_t: Tensor, t: Tensor, guide: bool = False) -> Tensor:
-        """Raw network output at ``(x_t, t)``; ``guide``: the autoguided prediction where the weight
-        is not 1 and the snapshot is taken (the samplers; never the bound)."""
+        """Raw network output at ``(x_t, t)`` (given the labels of a conditional model); ``guide``: the
+        guided prediction where the weight is not 1 and there is a guide (the samplers; never the bound)."""
         time = self.process.net_time(t)
-        out = _fp32(self.net(x_t, time))
+        out = _fp32(self.net(x_t, time) if self.labels is None else self.net(x_t, time, self.labels))
         if guide and self.guided():
-            out = guided(out, _fp32(self.guide(x_t, time)), self.guidance_weight, self.channels)
+            out = guided(out, _fp32(self.guide_output(x_t, time)), self.guidance_weight, self.channels)
         return out
 
+    def guide_output(self, x_t: Tensor, time: Tensor) -> Tensor:
+        """The guide's output at network time ``time``: the autoguidance snapshot (given the same labels),
+        else the network with the null label (classifier-free guidance, Ho & Salimans 2022)."""
+        if self.guide is not None:
+            return self.guide(x_t, time) if self.labels is None else self.guide(x_t, time, self.labels)
+        return self.net(x_t, time, torch.full_like(self.labels, self.null_label))
+
     def guided(self) -> bool:
-        """Whether sampling is autoguided: weight other than 1 and the guide snapshot taken (else it
-        warns, once per guide, and samples unguided)."""
-        if self.guidance_weight == 1.0 or self.guide is None:
+        """Whether sampling is guided: weight other than 1 and a guide — classifier-free (the null label),
+        or the autoguidance snapshot once taken (before, it warns, once per guide, and samples unguided)."""
+        if self.guidance_weight == 1.0:
             return False
+        if self.guide is None:
+            return self.labels is not None and self.null_label is not None
         if self.guide.ready:
             return True
         if not self.guide.warned:
@@ -167,6 +196,21 @@ class DiffusionModel:
         """A one-draw estimate of ``L_{t-1}`` (``L_0`` at ``t = 0``) per example, ``x_t ~ q(x_t | x0)``."""
         x_t = self.process.q_sample(x0, t, torch.randn_like(x0))
         return self.vb_term(x0, x_t, t, self.output(x_t, t))
+
+
+def _check_classifier_free(weight: float, labels: Tensor | None, null_label: int | None) -> None:
+    """Refuse a guidance weight that has no guide: an unconditional model without an autoguidance
+    snapshot, or a conditional one trained without label dropout (no unconditional model)."""
+    if labels is None:
+        raise ValueError(f"guidance weight {weight:g} needs a guide snapshot (autoguidance) or a class-conditional "
+                         "model (classifier-free guidance), and this model is unconditional without a snapshot. Fix: "
+                         "train with e.g. model.guidance='{weight: 3.0, at: 0.25}', or with +conditional=class, or "
+                         "leave the weight at 1")
+    if null_label is None:
+        raise ValueError(f"classifier-free guidance weight {weight:g} needs the unconditional model, which this "
+                         "conditional model never learned (it was trained with conditional.dropout=0, so the null "
+                         "label was never seen). Fix: retrain with conditional.dropout=0.1, or use autoguidance "
+                         "(model.guidance='{weight: 3.0, at: 0.25}'), or leave the weight at 1")
 
 
 def _fp32(out: Tensor) -> Tensor:

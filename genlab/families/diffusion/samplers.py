@@ -10,7 +10,9 @@ produce the same samples from the same seed: DDIM with ``eta = 1`` on all ``T`` 
 ancestral DDPM with the posterior variance ``beta~_t``. With a guide snapshot and a weight other
 than 1 (``model.guidance.weight``, or the sampler's own ``guidance``, e.g.
 ``model.sampler.guidance=3``) both use the autoguided prediction
-(:mod:`genlab.families.diffusion.guidance`).
+(:mod:`genlab.families.diffusion.guidance`); on a class-conditional model without a snapshot the same
+weight is classifier-free guidance (the null label is the guide; Ho & Salimans' ``w_HS = w - 1``). A
+conditional model carries its labels, so no sampler needs to know about them.
 
 The fast samplers solve the same probability-flow ODE as DDIM with ``eta = 0`` at second order:
 :class:`DPMSolver` (DPM-Solver++(2M), ``steps`` network evaluations on DDIM's steps) and
@@ -68,7 +70,7 @@ def run_chain(model: DiffusionModel, x: Tensor, step: Step, states: Sequence[int
 
 
 def check_weight(weight: float | None) -> float | None:
-    """A sampler's autoguidance weight: None (the model's) or a number >= 1."""
+    """A sampler's guidance weight: None (the model's) or a number >= 1 (1: unguided)."""
     if weight is not None and not weight >= 1.0:
         raise ValueError(f"sampler guidance={weight}: the guidance weight must be >= 1 (1 = unguided), or null "
                          "for model.guidance.weight")
@@ -80,7 +82,9 @@ class Sampler:
 
     Args:
         steps: reverse steps (evenly spaced over the ``T`` training steps); None: all ``T``.
-        guidance: autoguidance weight for these samples (>= 1; 1 = unguided); None: ``model.guidance.weight``.
+        guidance: guidance weight ``w`` for these samples (>= 1; 1 = unguided): autoguidance with the
+            ``model.guidance`` snapshot, else classifier-free on a conditional model (``w = 1 + w_HS`` of
+            Ho & Salimans 2022); None: ``model.guidance.weight`` (1 without it).
     """
 
     name: str = "base"
@@ -112,7 +116,7 @@ class Sampler:
         raise NotImplementedError
 
     def with_guidance(self, weight: float | None) -> Sampler:
-        """This sampler with autoguidance weight ``weight`` (None: the model's)."""
+        """This sampler with guidance weight ``weight`` (None: the model's)."""
         out = copy.copy(self)
         out.guidance = check_weight(weight)
         return out

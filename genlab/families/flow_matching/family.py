@@ -29,6 +29,12 @@ clipped to ``0..L-1`` (:class:`genlab.data.scaling.BinScale`); :meth:`FlowMatchi
 them with the NFE of the solve. The same ODE (:func:`.ode.transport`) serves the capabilities:
 denoising from the matching time of the path (:mod:`.denoise`), inpainting by replacement along the
 path (:mod:`.inpaint`) and ODE inversion as an encoder (data at ``t = 1`` back to noise at ``t = 0``).
+
+Class-conditional (``+conditional=class``): a learned label table of the backbone's time-embedding
+width is added to its time embedding, ``v(x, t, y)``, trained with label dropout (0.1 by default) so
+that the null label gives the unconditional field. Samples are classifier-free guided on the velocity,
+``v(x, t, ∅) + w (v(x, t, y) - v(x, t, ∅))`` with ``w = model.solver.guidance`` (1 or null: unguided;
+:mod:`.guidance`). The likelihood is ``log p(x | y)`` of the unguided conditional field.
 """
 
 from __future__ import annotations
@@ -41,19 +47,28 @@ from torch import Tensor, nn
 
 from genlab.data.base import DataInfo, check_discrete
 from genlab.data.scaling import BinScale
-from genlab.families.base import Denoiser, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.base import Conditional, Denoiser, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
 from genlab.families.flow_matching import denoise as fm_denoise
+from genlab.families.flow_matching.guidance import ConditionalVelocity
 from genlab.families.flow_matching.inpaint import fill_along_path
-from genlab.families.flow_matching.objectives import ConditionalFlowMatching
+from genlab.families.flow_matching.objectives import ConditionalFlowMatching, Velocity
 from genlab.families.flow_matching.ode import CountedVelocity, ODELikelihood, ODESolver, Solution, transport
 from genlab.metrics.likelihood import LogLikelihood, continuous_to_discrete
 from genlab.nets import input_kind_error
+from genlab.nets.unet import LabelConditioned, condition_dim
 
 Stage = Literal["val", "test"]
 
 
-class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder):
+class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional):
     """Continuous normalizing flow trained by flow matching (module docstring).
+
+    Conditional (``self.condition`` set): ``nets["label"]``, a table ``y -> (B, temb_dim)`` added to the
+    velocity net's time embedding; the loss regresses ``v(x_t, t, y)`` with a share
+    :meth:`label_dropout` of the labels dropped to the null label; every ODE solve runs the velocity
+    of :meth:`velocity` (the labels given, classifier-free guided with the solver's ``guidance``
+    weight ``w``, Ho & Salimans' ``w_HS = w - 1``; the likelihood unguided). A guidance weight on an
+    unconditional model is refused with the fix.
 
     Args:
         net: backbone factory ``net(shape=..., out_mult=1)`` -> ``module(x, t)`` (``_partial_`` in
@@ -74,6 +89,8 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder):
     inpaint_method = "replacement along the probability path"
     latent_paths = ("slerp", "linear")
     encoder_kind = "ODE inversion"
+    default_label_dropout = 0.1
+    guidance_key = "model.solver.guidance"  # classifier-free guidance weight (1 = unguided)
 
     def __init__(
         self,
@@ -99,7 +116,36 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder):
         return None
 
     def build(self, info: DataInfo) -> Nets:
-        return Nets(info, {"velocity": self.net(shape=info.shape, out_mult=1)})
+        nets = Nets(info, {"velocity": self.net(shape=info.shape, out_mult=1)})
+        if self.condition is not None:  # the label table, added to the time embedding
+            nets["label"] = self.condition.embedding(condition_dim(nets["velocity"]))
+        return nets
+
+    # -- conditions ---------------------------------------------------------------------------------
+    def velocity(self, nets: Nets, labels: Tensor | None = None, weight: float = 1.0) -> Velocity:
+        """The velocity field ``(x, t) -> v`` every solve integrates: the net itself where unconditional,
+        else ``v(x, t, labels)`` classifier-free guided with ``weight`` (:mod:`.guidance`; 1: unguided)."""
+        if labels is None:
+            if weight != 1.0:
+                raise ValueError(f"classifier-free guidance weight {weight:g} needs a class-conditional model, and "
+                                 "this flow-matching model is unconditional. Fix: train with +conditional=class, or "
+                                 "leave model.solver.guidance null (1 = unguided)")
+            return nets["velocity"]
+        null = self.condition.null_label if self.label_dropout() > 0 else None
+        return ConditionalVelocity(LabelConditioned(nets["velocity"], nets["label"]), labels, weight, null)
+
+    def labels_for(self, n: int, y: Tensor | None, device: Any, capability: bool = False) -> Tensor | None:
+        """The labels of ``n`` examples: None for an unconditional model (which refuses ``y``), else ``y``
+        checked (the null label allowed), or, for ``y=None``, labels drawn from ``p(y)`` — the null label
+        instead for a ``capability`` (denoise, inpaint, encode) of a model trained with label dropout."""
+        if self.condition is None:
+            if y is not None:
+                raise ValueError("this model is unconditional: it takes no labels (y=). Fix: drop them, or train "
+                                 "with +conditional=class")
+            return None
+        if y is None and capability and self.label_dropout() > 0:
+            y = torch.full((n,), self.condition.null_label, dtype=torch.long)
+        return self.sampling_labels(n, y, device)
 
     # -- data space <-> flow space (bins of width 2/L in [-1, 1]) ------------------------------------
     @staticmethod
@@ -122,26 +168,34 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder):
 
     # -- training ---------------------------------------------------------------------------------
     def loss(self, nets: Nets, batch: dict[str, Tensor]) -> LossOutput:
-        return self.objective(nets["velocity"], self.dequantize(nets, batch["x"]))
+        """The CFM loss on the batch (given its labels, with label dropout, where conditional)."""
+        labels = self.training_labels(batch) if self.condition is not None else None
+        return self.objective(self.velocity(nets, labels), self.dequantize(nets, batch["x"]))
 
     # -- sampling ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, nets: Nets, n: int, solver: ODESolver | None = None) -> Solution:
+    def generate(self, nets: Nets, n: int, solver: ODESolver | None = None, y: Tensor | None = None) -> Solution:
         """``n`` continuous samples ``y_1 = ODESolve(v, y_0 ~ N(0, I), 0 -> 1)`` ``(n, *shape)`` and the
-        NFE of the solve (``solver``; None: ``model.solver``)."""
+        NFE of the solve (``solver``, with its guidance weight; None: ``model.solver``); of the classes
+        ``y`` where conditional (None: drawn from ``p(y)``)."""
+        solver = solver or self.solver
         p = next(nets.parameters())
+        labels = self.labels_for(n, y, p.device)
         y0 = torch.randn(n, *nets.info.shape, device=p.device, dtype=p.dtype)
-        return transport(nets["velocity"], y0, 0.0, 1.0, solver or self.solver)
+        return transport(self.velocity(nets, labels, solver.weight), y0, 0.0, 1.0, solver)
 
     @torch.no_grad()
-    def sample(self, nets: Nets, n: int, sampler: ODESolver | None = None) -> Tensor:
-        """``n`` samples in data space; ``sampler``: the ODE solver (None: ``model.solver``)."""
-        return self.to_data(nets, self.generate(nets, n, sampler).y)
+    def sample(self, nets: Nets, n: int, sampler: ODESolver | None = None, y: Tensor | None = None) -> Tensor:
+        """``n`` samples in data space; ``sampler``: the ODE solver (None: ``model.solver``); ``y``: the
+        classes of a conditional model's samples (None: drawn from ``p(y)``)."""
+        return self.to_data(nets, self.generate(nets, n, sampler, y).y)
 
     # -- likelihood -------------------------------------------------------------------------------
-    def log_density(self, nets: Nets, y: Tensor, likelihood: ODELikelihood) -> tuple[Tensor, str, int]:
-        """Continuous ``log p_1(y)`` ``(B,)`` in nats, the divergence kind and the NFE of the solve."""
-        velocity = CountedVelocity(nets["velocity"])
+    def log_density(self, nets: Nets, y: Tensor, likelihood: ODELikelihood,
+                    labels: Tensor | None = None) -> tuple[Tensor, str, int]:
+        """Continuous ``log p_1(y)`` ``(B,)`` in nats (``log p_1(y | labels)`` of the unguided conditional
+        field where conditional), the divergence kind and the NFE of the solve."""
+        velocity = CountedVelocity(self.velocity(nets, labels))
         with torch.compiler.set_stance("force_eager"):  # batched VJPs of compiled graphs fail (run config `compile`)
             log_p, kind = likelihood.log_density(velocity, y)
         return log_p, kind, velocity.nfe
@@ -150,15 +204,17 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder):
         self, nets: Nets, batch: dict[str, Tensor], stage: Stage = "test",
         likelihood: ODELikelihood | None = None,
     ) -> LogLikelihood:
-        """Per-example dequantisation bound / estimate of ``log P(x)`` in nats (module docstring), with
-        ``extras["nfe"]``: the velocity evaluations of the solve, per example ``(B,)``.
+        """Per-example dequantisation bound / estimate of ``log P(x)`` in nats (module docstring; ``log p(x | y)``
+        with the batch's ``y`` where conditional, unguided), with ``extras["nfe"]``: the velocity
+        evaluations of the solve, per example ``(B,)``.
 
         Runs with autograd on (the divergence needs it), also under Lightning's inference mode.
         """
         likelihood = likelihood or self.likelihoods[stage]
         with torch.inference_mode(False), torch.enable_grad():
             y = self.dequantize(nets, batch["x"].clone())
-            log_p, div_kind, nfe = self.log_density(nets, y, likelihood)
+            labels = self.labels(batch).clone() if self.condition is not None else None  # not an inference tensor
+            log_p, div_kind, nfe = self.log_density(nets, y, likelihood, labels)
         info = nets.info
         log_px = continuous_to_discrete(log_p.detach(), info.dims, BinScale(info.levels).width)
         nfes = torch.full(log_px.shape, float(nfe), dtype=torch.float64, device=log_px.device)
@@ -183,16 +239,22 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder):
     def describe_plan(self, plan: dict[str, Any], method: str) -> str:
         return fm_denoise.describe_plan(plan, method)
 
-    def denoise(self, nets: Nets, y: Tensor, plan: dict[str, Any], method: str) -> Tensor:
-        return fm_denoise.denoise(nets["velocity"], self.objective.path, self.solver, y, plan, method).y
+    def denoise(self, nets: Nets, y: Tensor, plan: dict[str, Any], method: str,
+                labels: Tensor | None = None) -> Tensor:
+        """Noisy ``y`` -> denoised (:mod:`.denoise`); a conditional model given ``labels`` (``y`` is the noisy
+        input here; None: the null label), guided with ``model.solver.guidance``."""
+        velocity = self.velocity(nets, self.labels_for(len(y), labels, y.device, True), self.solver.weight)
+        return fm_denoise.denoise(velocity, self.objective.path, self.solver, y, plan, method).y
 
     # -- Inpainter: replacement along the probability path (:mod:`.inpaint`) -----------------------------
     @torch.no_grad()
-    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: Any) -> Tensor:
-        """ODE on ``options.steps`` intervals (None: ``model.solver.steps``), the known region on the path."""
+    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: Any, y: Tensor | None = None) -> Tensor:
+        """ODE on ``options.steps`` intervals (None: ``model.solver.steps``), the known region on the path;
+        a conditional model given the classes ``y`` (None: the null label), guided with ``model.solver.guidance``."""
         steps = self.solver.steps if options.steps is None else options.steps
+        velocity = self.velocity(nets, self.labels_for(len(x), y, x.device, True), self.solver.weight)
         x1 = self.dequantize(nets, x)
-        filled = fill_along_path(nets["velocity"], self.objective.path, self.solver, x1, missing, steps)
+        filled = fill_along_path(velocity, self.objective.path, self.solver, x1, missing, steps)
         return self.to_data(nets, filled.y).to(x.dtype)
 
     # -- Encoder: ODE inversion -------------------------------------------------------------------------
@@ -200,12 +262,17 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder):
         return self.solver if steps is None or self.solver.adaptive else self.solver.with_steps(steps)
 
     @torch.no_grad()
-    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None) -> Tensor:
-        """Data -> noise code: the velocity ODE from ``t = 1`` back to ``t = 0``, from the bin centres."""
+    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
+        """Data -> noise code: the (unguided) velocity ODE from ``t = 1`` back to ``t = 0``, from the bin
+        centres; given the classes ``y`` where conditional (None: the null label)."""
         y1 = BinScale(nets.info.levels).centres(self.check_discrete(nets, x), self._dtype(nets))
-        return transport(nets["velocity"], y1, 1.0, 0.0, self._inversion_solver(steps)).y
+        velocity = self.velocity(nets, self.labels_for(len(x), y, x.device, True))
+        return transport(velocity, y1, 1.0, 0.0, self._inversion_solver(steps)).y
 
     @torch.no_grad()
-    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None) -> Tensor:
-        """Noise codes -> discrete levels: the ODE from ``t = 0`` to ``t = 1``, binned."""
-        return self.to_data(nets, transport(nets["velocity"], z, 0.0, 1.0, self._inversion_solver(steps)).y)
+    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
+        """Noise codes -> discrete levels: the ODE from ``t = 0`` to ``t = 1``, binned; given the classes ``y``
+        where conditional (None: the null label), guided with ``model.solver.guidance``."""
+        solver = self._inversion_solver(steps)
+        velocity = self.velocity(nets, self.labels_for(len(z), y, z.device, True), solver.weight)
+        return self.to_data(nets, transport(velocity, z, 0.0, 1.0, solver).y)

@@ -59,9 +59,15 @@ class ODESolver:
             ``rk4``: 4) or adaptive (``dopri5``: about 6 NFE per accepted step).
         steps: number of equal steps of a fixed-grid method (ignored by adaptive ones).
         rtol, atol: error tolerances of an adaptive method (ignored by fixed-grid ones).
+        guidance: the classifier-free guidance weight ``w`` of the samples of a class-conditional model,
+            ``v(x, t, ∅) + w (v(x, t, y) - v(x, t, ∅))`` (>= 1; None or 1: unguided; Ho & Salimans'
+            ``w_HS = w - 1``): :class:`~genlab.families.flow_matching.family.FlowMatching` reads it when
+            it samples (and denoises, inpaints, decodes) with this solver. A likelihood's solver leaves it
+            None: the likelihood is always the unguided model's.
     """
 
-    def __init__(self, method: str = "midpoint", steps: int = 50, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    def __init__(self, method: str = "midpoint", steps: int = 50, rtol: float = 1e-5, atol: float = 1e-5,
+                 guidance: float | None = None) -> None:
         if method not in SOLVERS:
             raise ValueError(f"unknown ODE solver method={method!r}; valid: {', '.join(sorted(SOLVERS))} "
                              "(torchdiffeq); e.g. euler / midpoint with steps=N, or dopri5 with rtol/atol")
@@ -69,7 +75,11 @@ class ODESolver:
             raise ValueError(f"ODE solver steps={steps} must be >= 1")
         if rtol <= 0 or atol <= 0:
             raise ValueError(f"ODE solver tolerances must be positive, got rtol={rtol}, atol={atol}")
+        if guidance is not None and not guidance >= 1.0:
+            raise ValueError(f"model.solver.guidance={guidance}: the classifier-free guidance weight must be >= 1 "
+                             "(1 = unguided; Ho & Salimans' w_HS = w - 1), or null")
         self.method, self.steps, self.rtol, self.atol = method, steps, rtol, atol
+        self.guidance = None if guidance is None else float(guidance)
 
     @property
     def adaptive(self) -> bool:
@@ -83,8 +93,13 @@ class ODESolver:
         return {"grid_constructor": lambda func, y0, t: torch.linspace(t[0], t[-1], n + 1, dtype=t.dtype, device=t.device)}
 
     def with_steps(self, steps: int) -> ODESolver:
-        """The same method and tolerances with ``steps`` fixed-grid steps (ignored by adaptive methods)."""
-        return ODESolver(self.method, steps=steps, rtol=self.rtol, atol=self.atol)
+        """The same method, tolerances and guidance with ``steps`` fixed-grid steps (ignored by adaptive methods)."""
+        return ODESolver(self.method, steps=steps, rtol=self.rtol, atol=self.atol, guidance=self.guidance)
+
+    @property
+    def weight(self) -> float:
+        """The guidance weight of its solves (1: unguided)."""
+        return 1.0 if self.guidance is None else self.guidance
 
     def integrate(self, f: Dynamics, y0: State, t0: float, t1: float) -> State:
         """The state at ``t1`` of ``dy/dt = f(t, y)``, ``y(t0) = y0`` (a tensor or a tuple of tensors)."""
@@ -97,7 +112,8 @@ class ODESolver:
 
     def __repr__(self) -> str:
         spec = f"rtol={self.rtol}, atol={self.atol}" if self.adaptive else f"steps={self.steps}"
-        return f"ODESolver({self.method}, {spec})"
+        guided = "" if self.guidance is None else f", guidance={self.guidance:g}"
+        return f"ODESolver({self.method}, {spec}{guided})"
 
 
 def _reporting(f: Dynamics, bar: progress.Bar, t0: float, t1: float) -> Dynamics:
@@ -227,6 +243,9 @@ class ODELikelihood:
         hutchinson: HutchinsonDivergence | None = None,
     ) -> None:
         self.solver = solver or ODESolver("dopri5")
+        if self.solver.weight != 1.0:
+            raise ValueError(f"a likelihood's ODE solver takes no guidance (got guidance={self.solver.guidance}): the "
+                             "likelihood is always the unguided model's. Fix: leave its solver's guidance null")
         self.exact_max_dims = exact_max_dims
         self.hutchinson = hutchinson or HutchinsonDivergence()
 
