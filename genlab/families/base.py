@@ -238,12 +238,13 @@ class Encoder(Capability):
     latent_paths: ClassVar[tuple[str, ...]] = ("linear",)
     encoder_kind: ClassVar[str] = ""
 
-    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None) -> Tensor:
+    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
         """Discrete ``x`` ``(B, *shape)`` -> codes ``(B, ...)``; ``steps``: the solver/inversion steps
-        where the map is computed by integration (None: the family's default)."""
+        where the map is computed by integration (None: the family's default); ``y``: labels ``(B,)``
+        of a :class:`Conditional` model (tasks pass them only to conditional models)."""
         raise NotImplementedError
 
-    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None) -> Tensor:
+    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
         """Codes -> images in LEVEL units ``(B, *shape)`` (float where the decoder gives a mean,
         e.g. the VAE's; integer levels otherwise); the task rounds."""
         raise NotImplementedError
@@ -274,8 +275,9 @@ class Denoiser(Capability):
         """One phrase for reports: where it starts and how it runs."""
         raise NotImplementedError
 
-    def denoise(self, nets: Nets, y: Tensor, plan: dict[str, Any], method: str) -> Tensor:
-        """Noisy ``y`` (model scale) -> denoised, model scale."""
+    def denoise(self, nets: Nets, y: Tensor, plan: dict[str, Any], method: str,
+                labels: Tensor | None = None) -> Tensor:
+        """Noisy ``y`` (model scale) -> denoised, model scale; ``labels``: a conditional model's classes."""
         raise NotImplementedError
 
     def to_data(self, nets: Nets, y: Tensor) -> Tensor:
@@ -290,10 +292,10 @@ class Inpainter(Capability):
     missing = "it has no method to fill missing pixels given the observed ones"
     inpaint_method: ClassVar[str] = ""
 
-    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: Any) -> Tensor:
+    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: Any, y: Tensor | None = None) -> Tensor:
         """``x`` ``(B, C, H, W)`` discrete and ``missing`` (bool, same shape) -> filled, discrete; the
         observed pixels may come back changed (the task puts them back). ``options``: the task's
-        config (``steps``, ``resample``, ``jump``, ``iters``)."""
+        config (``steps``, ``resample``, ``jump``, ``iters``); ``y``: a conditional model's labels ``(B,)``."""
         raise NotImplementedError
 
     def inpaint_is_exact(self, nets: Nets, missing: Tensor) -> bool | None:

@@ -18,6 +18,9 @@
 
    The generative model was trained on the unlabelled train split; no labels beyond the
    ``n_real`` ones are used anywhere.
+3. A class-conditional run (``+conditional=class``) draws labelled samples instead: an equal number
+   per class, each sample's label the one it was drawn for (no pseudo-labelling, every sample kept);
+   the ``real`` classifier's agreement with those labels is reported (``label_agreement``).
 
 Writes ``samples.npz``, ``augment.json`` / ``augment.md`` and ``augment.png`` (kept samples).
 """
@@ -55,10 +58,17 @@ class Config(TaskConfig):
     classifier_steps: int = 1500
 
 
-def draw_samples(ctx: TaskContext, n: int, batch: int, seed: int) -> Tensor:
-    """``n`` samples of the model (on the CPU), drawn ``batch`` at a time, batch ``i`` with seed ``seed + i``."""
-    parts = [ctx.module.sample(min(batch, n - i), seed=seed + i).cpu() for i in range(0, n, batch)]
+def draw_samples(ctx: TaskContext, n: int, batch: int, seed: int, y: Tensor | None = None) -> Tensor:
+    """``n`` samples of the model (on the CPU), drawn ``batch`` at a time, batch ``i`` with seed ``seed + i``;
+    ``y``: the labels ``(n,)`` of a conditional model's samples."""
+    parts = [ctx.module.sample(min(batch, n - i), seed=seed + i, **({} if y is None else {"y": y[i:i + batch]})).cpu()
+             for i in range(0, n, batch)]
     return torch.cat(parts)
+
+
+def requested_labels(ctx: TaskContext, n: int) -> Tensor | None:
+    """Labels for a conditional model's samples, an equal number per class (None: unconditional)."""
+    return torch.arange(n) % ctx.family.condition.num_classes if ctx.module.conditional else None
 
 
 def write_npz(path, x: Tensor, y: Tensor | None = None, confidence: Tensor | None = None) -> None:
@@ -80,7 +90,8 @@ def run(ctx: TaskContext, cfg: Config) -> dict:
     if cfg.n_synthetic < 1:
         raise TaskError(f"n_synthetic={cfg.n_synthetic}: write at least one sample")
     info = ctx.info
-    x_syn = draw_samples(ctx, cfg.n_synthetic, cfg.batch_size, cfg.seed)
+    y_req = requested_labels(ctx, cfg.n_synthetic)
+    x_syn = draw_samples(ctx, cfg.n_synthetic, cfg.batch_size, cfg.seed, y_req)
     report: dict = {"task": "augment", "family": ctx.family.name, "dataset": info.name, "checkpoint": str(ctx.ckpt),
                     "n_synthetic": len(x_syn), "levels": info.levels}
     npz = ctx.out_dir / "samples.npz"
@@ -90,7 +101,7 @@ def run(ctx: TaskContext, cfg: Config) -> dict:
         write_report(ctx.out_dir, "augment", report, _unlabelled_markdown(report, npz))
         report["summary"] = [f"{len(x_syn)} samples written to {npz} ({report['classifier']})"]
         return report
-    report.update(label_and_compare(ctx, cfg, x_syn, npz))
+    report.update(label_and_compare(ctx, cfg, x_syn, npz, y_req))
     _, md_path = write_report(ctx.out_dir, "augment", report, _markdown(report, cfg.classifier_steps))
     report["summary"] = _summary(report, md_path)
     return report
@@ -135,8 +146,9 @@ def pseudo_label(clf: FeatureClassifier, x: Tensor, batch: int = 1000) -> tuple[
     return probs.max(-1)
 
 
-def label_and_compare(ctx: TaskContext, cfg: Config, x_syn: Tensor, npz: Path) -> dict:
-    """Label the samples ``x_syn`` with the ``real`` classifier, write them with their labels and
+def label_and_compare(ctx: TaskContext, cfg: Config, x_syn: Tensor, npz: Path, y_req: Tensor | None = None) -> dict:
+    """Label the samples ``x_syn`` with the ``real`` classifier (or, for a conditional model, take the
+    labels ``y_req`` they were drawn for and keep them all), write them with their labels and
     confidences to ``npz``, train the ``real+synthetic`` and ``synthetic`` classifiers on the kept
     ones (if any) and save up to 32 kept samples to ``augment.png``; returns the report's entries."""
     from genlab.metrics.quality import ClassifierConfig
@@ -147,7 +159,9 @@ def label_and_compare(ctx: TaskContext, cfg: Config, x_syn: Tensor, npz: Path) -
                               x_test, y_test)
     clf_real, scores_real = scorer.fit(x_real, y_real)
     conf, y_syn = pseudo_label(clf_real, x_syn)
-    keep = conf >= cfg.min_confidence
+    agreement = None if y_req is None else float((y_syn == y_req).double().mean())
+    keep = conf >= cfg.min_confidence if y_req is None else torch.ones(len(x_syn), dtype=torch.bool)
+    y_syn = y_syn if y_req is None else y_req
     write_npz(npz, x_syn, y_syn, conf)
     results = {"real": scores_real}
     if keep.sum() >= 1:
@@ -156,7 +170,9 @@ def label_and_compare(ctx: TaskContext, cfg: Config, x_syn: Tensor, npz: Path) -
     hist = torch.bincount(y_syn[keep], minlength=info.num_classes).tolist()
     png = _save_kept(x_syn[keep] if keep.any() else x_syn, info.levels, ctx.out_dir / "augment.png")
     return {
-        "n_real": len(x_real), "min_confidence": cfg.min_confidence, "kept": int(keep.sum()),
+        "n_real": len(x_real), "min_confidence": cfg.min_confidence if y_req is None else None,
+        "labels": "pseudo-labels of the real classifier" if y_req is None else "requested (conditional model)",
+        "label_agreement": agreement, "kept": int(keep.sum()),
         "kept_class_hist": hist, "n_test": len(x_test), "classifiers": results,
         "files": {"npz": str(npz), "png": str(png)},
         "train_command": f"genlab-train dataset=array dataset.path={npz} dataset.levels={info.levels}",
@@ -185,16 +201,25 @@ def _markdown(r: dict, classifier_steps: int) -> str:
     """The report: the samples, how many were kept, and the three classifiers' test accuracies."""
     return "\n".join([
         f"# Augmentation: {r['family']} on {r['dataset']}", "",
-        f"checkpoint: `{r['checkpoint']}`; {r['n_synthetic']} samples in `{r['files']['npz']}`; {r['kept']} kept "
-        f"with pseudo-label confidence >= {r['min_confidence']} (labeller: the `real` classifier); kept per class: "
-        f"{r['kept_class_hist']}", "",
+        f"checkpoint: `{r['checkpoint']}`; {r['n_synthetic']} samples in `{r['files']['npz']}`; {_kept(r)}; kept "
+        f"per class: {r['kept_class_hist']}", "",
         f"Test accuracy on {r['n_test']} test images (same classifier, {classifier_steps} steps each):", "",
         "| training data | images | test accuracy |", "|---|---|---|", *_rows(r), "",
         "![kept samples](augment.png)", "", f"Train on the samples: `{r['train_command']}`",
     ])
 
 
+def _kept(r: dict) -> str:
+    """How the samples were labelled and which were kept."""
+    if r["label_agreement"] is not None:
+        return (f"labels: the ones requested from the conditional model, all {r['kept']} kept (the `real` classifier "
+                f"agrees with {100 * r['label_agreement']:.1f}% of them)")
+    return f"{r['kept']} kept with pseudo-label confidence >= {r['min_confidence']} (labeller: the `real` classifier)"
+
+
 def _summary(r: dict, md_path: Path) -> list[str]:
     """The lines printed at the end: the samples, the classifiers' table rows, the report's path."""
-    return [f"{r['n_synthetic']} samples -> {r['files']['npz']} ({r['kept']} confidently labelled)",
+    how = (f"labelled as requested, {100 * r['label_agreement']:.1f}% agreement" if r["label_agreement"] is not None
+           else f"{r['kept']} confidently labelled")
+    return [f"{r['n_synthetic']} samples -> {r['files']['npz']} ({how})",
             *[f"  {row}" for row in _rows(r)], f"report: {md_path}"]

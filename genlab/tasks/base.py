@@ -89,6 +89,30 @@ class TaskContext:
         return x[:n].to(self.device), y
 
 
+def label_kwargs(ctx: TaskContext, y: Tensor | None, label: int | None, key: str = "y") -> dict[str, Tensor]:
+    """The labels a conditional model's capability method is given for real examples with labels ``y``:
+    ``{key: labels}`` (their own labels, or ``label`` for all where the task's ``label=`` option is set);
+    ``{}`` for an unconditional model (where ``label=`` is refused)."""
+    if not ctx.module.conditional:
+        if label is not None:
+            raise TaskError(f"label={label}: this {ctx.family.name} run is unconditional (trained without "
+                            "+conditional=class); drop label=")
+        return {}
+    n = len(y) if y is not None else None
+    if label is not None:
+        if n is None:
+            raise TaskError("label= needs the examples' count; this split has no labels to count from")
+        labels = torch.full((n,), int(label), dtype=torch.long)
+    elif y is None:
+        raise TaskError(f"the model is class-conditional but split {ctx.info.name!r} has no labels: pass label=<class>")
+    else:
+        labels = y.long()
+    try:
+        return {key: ctx.family.condition.check(labels, n).to(ctx.device)}
+    except ValueError as err:
+        raise TaskError(f"label={label}: {err}") from None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

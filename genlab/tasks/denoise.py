@@ -27,6 +27,7 @@ from torch import Tensor
 
 from genlab.families.base import Denoiser
 
+from genlab.tasks.base import label_kwargs
 from genlab.tasks.base import (
     TaskConfig, TaskContext, TaskError, Unsupported, batches, psnr, require_images, save_rows, stream_seed,
     write_report,
@@ -44,12 +45,14 @@ class Config(TaskConfig):
     steps: a chain: reverse steps from the matching timestep t down to 0 (null: min(t + 1, 50)); a path:
     steps of the model's ODE solver from the matching time to 1 (null: model.solver.steps).
     show: images in denoise.png.
+    label: a class-conditional model denoises every image as this class (null: each image's own label).
     """
 
     sigma: float = 0.2
     method: str | None = None
     steps: int | None = None
     show: int = 16
+    label: int | None = None
 
 
 # -- the task ---------------------------------------------------------------------------------------------------
@@ -72,16 +75,18 @@ def run(ctx: TaskContext, cfg: Config) -> dict[str, Any]:
         raise TaskError(f"sigma={cfg.sigma} must be > 0 (the noise std in the model's [-1, 1] scale)")
     if cfg.steps is not None and cfg.steps < 1:
         raise TaskError(f"steps={cfg.steps} must be >= 1 (or null for the default)")
-    x, _ = ctx.real(cfg.split, cfg.n)
+    x, y_real = ctx.real(cfg.split, cfg.n)
+    labels = label_kwargs(ctx, y_real, cfg.label, key="labels").get("labels")
     plan = family.denoise_plan(nets, cfg.sigma, cfg.steps)
     g = torch.Generator().manual_seed(stream_seed(cfg.seed, "noise"))  # independent of the model's draws
     torch.manual_seed(cfg.seed)
     noisy, denoised, seconds = [], [], 0.0
-    for xb in batches(x, cfg.batch_size):
+    for i, xb in enumerate(batches(x, cfg.batch_size)):
+        kw = {} if labels is None else {"labels": labels[i * cfg.batch_size:(i + 1) * cfg.batch_size]}
         clean = family.noise_space(nets, xb)
         y = clean + cfg.sigma * torch.randn(clean.shape, generator=g, dtype=clean.dtype).to(clean.device)
         t0 = time.perf_counter()
-        denoised.append(family.to_data(nets, family.denoise(nets, y, plan, method)).to(x.dtype))
+        denoised.append(family.to_data(nets, family.denoise(nets, y, plan, method, **kw)).to(x.dtype))
         seconds += time.perf_counter() - t0
         noisy.append(y)
     result = {"method": method, "start": plan, "where": family.describe_plan(plan, method), "seconds": seconds}

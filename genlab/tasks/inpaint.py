@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from genlab.families.base import Inpainter
+from genlab.tasks.base import label_kwargs
 from genlab.tasks.base import (
     TaskConfig, TaskContext, TaskError, Unsupported, batches, require_images, save_rows, stream_seed,
     write_report,
@@ -45,6 +46,7 @@ class Config(TaskConfig):
     jump: RePaint: jump length of the resampling, in steps of the respaced chain.
     iters: iterated reconstruction: encode-decode-replace rounds.
     show: images in inpaint.png.
+    label: a class-conditional model fills every image as this class (null: each image's own label).
     """
 
     mask: str = "box"
@@ -55,6 +57,7 @@ class Config(TaskConfig):
     jump: int = 10
     iters: int = 20
     show: int = 16
+    label: int | None = None
 
 
 # -- the task ----------------------------------------------------------------------------------------------------
@@ -66,13 +69,15 @@ def run(ctx: TaskContext, cfg: Config) -> dict[str, Any]:
     require_images("inpaint", ctx, TASKS["inpaint"].families)
     check_options(cfg)
     levels = ctx.info.levels
-    x, _ = ctx.real(cfg.split, cfg.n)
+    x, y = ctx.real(cfg.split, cfg.n)
+    labels = label_kwargs(ctx, y, cfg.label).get("y")
     missing = make_mask(cfg.mask, len(x), tuple(ctx.info.shape), cfg.box_frac, cfg.random_p,
                         stream_seed(cfg.seed, "mask")).to(x.device)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    parts = [family.inpaint(ctx.nets, xb, mb, cfg)
-             for xb, mb in zip(batches(x, cfg.batch_size), batches(missing, cfg.batch_size))]
+    label_parts = batches(labels, cfg.batch_size) if labels is not None else [None] * len(x)
+    parts = [family.inpaint(ctx.nets, xb, mb, cfg, **({} if yb is None else {"y": yb}))
+             for xb, mb, yb in zip(batches(x, cfg.batch_size), batches(missing, cfg.batch_size), label_parts)]
     seconds = time.perf_counter() - t0
     filled = torch.where(missing, torch.cat(parts).to(x.dtype), x)  # the invariant: observed pixels untouched
     baseline = mean_fill(x, missing, levels)

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from genlab.families.base import Encoder
-from genlab.tasks.base import TaskConfig, TaskContext, TaskError, Unsupported, require_images, save_rows, write_report
+from genlab.tasks.base import (TaskConfig, TaskContext, TaskError, Unsupported, label_kwargs, require_images,
+                               save_rows, write_report)
 from genlab.tasks.registry import TASKS
 
 @dataclass
@@ -28,12 +29,15 @@ class Config(TaskConfig):
     path: auto, linear or slerp.
     inversion_steps: steps of an encoder computed by integration (DDIM inversion steps; ODE steps of a
     fixed-step solver; null = the model's sampling solver); ignored by closed-form encoders.
+    label: a class-conditional model encodes and decodes everything as this class (null: each image is
+    encoded with its own label, a path decoded with a's label on its first half and b's on the second).
     """
 
     pairs: int = 4
     steps: int = 8
     path: str = "auto"
     inversion_steps: int | None = 50
+    label: int | None = None
 
 
 def lerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
@@ -64,8 +68,11 @@ def _between(a: Tensor, b: Tensor, steps: int, path: str) -> Tensor:
 
 
 # -- the task -----------------------------------------------------------------------------------
-def paths(ctx: TaskContext, x_a: Tensor, x_b: Tensor, cfg: Config) -> tuple[Tensor, Tensor, str]:
-    """``(decoded paths (B, S, *shape) in levels, endpoint reconstructions (2B, *shape), path)``."""
+def paths(ctx: TaskContext, x_a: Tensor, x_b: Tensor, cfg: Config,
+          y: Tensor | None = None) -> tuple[Tensor, Tensor, str]:
+    """``(decoded paths (B, S, *shape) in levels, endpoint reconstructions (2B, *shape), path)``; ``y``: the
+    labels ``(2B,)`` of ``[x_a, x_b]`` for a conditional model (encoded with their own labels; a path
+    decoded with ``a``'s label on its first half, ``b``'s on the second)."""
     family, nets = ctx.family, ctx.nets
     if cfg.path not in ("auto", "linear", "slerp"):
         raise TaskError(f"path={cfg.path!r}: choose auto, linear or slerp")
@@ -75,24 +82,31 @@ def paths(ctx: TaskContext, x_a: Tensor, x_b: Tensor, cfg: Config) -> tuple[Tens
     if path not in family.latent_paths:
         raise TaskError(f"path={path} is not available for {family.name} (its interpolate is "
                         f"{' or '.join(family.latent_paths)}); use path={family.latent_paths[0]}")
-    z = family.to_latent(nets, torch.cat([x_a, x_b]), cfg.inversion_steps)
+    z = family.to_latent(nets, torch.cat([x_a, x_b]), cfg.inversion_steps, **({} if y is None else {"y": y}))
     za, zb = z[: len(x_a)], z[len(x_a):]
     zs = _between(za, zb, cfg.steps, path)  # (B, S, ...)
-    out = family.from_latent(nets, zs.flatten(0, 1), cfg.inversion_steps).float().round()
+    kw = {} if y is None else {"y": _path_labels(y, len(x_a), cfg.steps)}
+    out = family.from_latent(nets, zs.flatten(0, 1), cfg.inversion_steps, **kw).float().round()
     out = out.view(len(x_a), cfg.steps, *ctx.info.shape)
     return out, torch.cat([out[:, 0], out[:, -1]]), path
+
+
+def _path_labels(y: Tensor, pairs: int, steps: int) -> Tensor:
+    """Labels of the ``pairs * steps`` decoded points: ``a``'s on the first half of each path, ``b``'s after."""
+    first = torch.arange(steps, device=y.device) < (steps + 1) // 2
+    return torch.where(first[None], y[:pairs, None], y[pairs:, None]).flatten()
 
 
 def run(ctx: TaskContext, cfg: Config) -> dict:
     require_images("interpolate", ctx, TASKS["interpolate"].families)
     if cfg.steps < 2 or cfg.pairs < 1:
         raise TaskError(f"need steps >= 2 and pairs >= 1, got steps={cfg.steps}, pairs={cfg.pairs}")
-    x, _ = ctx.real(cfg.split, 2 * cfg.pairs)
+    x, y = ctx.real(cfg.split, 2 * cfg.pairs)
     if len(x) < 2 * cfg.pairs:
         raise TaskError(f"split {cfg.split} has only {len(x)} examples; lower pairs= (need 2 per pair)")
     x_a, x_b = x[: cfg.pairs], x[cfg.pairs:]
     torch.manual_seed(cfg.seed)
-    out, ends, path = paths(ctx, x_a, x_b, cfg)
+    out, ends, path = paths(ctx, x_a, x_b, cfg, label_kwargs(ctx, y, cfg.label).get("y"))
     levels = ctx.info.levels
     out = out.clamp(0, levels - 1).round().to(x.dtype)
     ends = ends.clamp(0, levels - 1).round()

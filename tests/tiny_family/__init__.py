@@ -75,8 +75,9 @@ class IndependentPixels(Family, Likelihood, SequentialCoder, Inpainter, Conditio
         return self._draw(nets, n, self.sampling_labels(n, y, nets["logits"].theta.device))
 
     @torch.no_grad()
-    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: object) -> Tensor:
-        return torch.where(missing, self._draw(nets, len(x)).to(x.dtype), x)
+    def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: object, y: Tensor | None = None) -> Tensor:
+        labels = None if self.condition is None else self.sampling_labels(len(x), y, x.device)
+        return torch.where(missing, self._draw(nets, len(x), labels).to(x.dtype), x)
 
     def inpaint_is_exact(self, nets: Nets, missing: Tensor) -> bool:
         return True
