@@ -239,6 +239,10 @@ def report(results: dict[str, Any]) -> str:
         f"test NLL: {t['nll_bpd']:.4f}{_pm(t)} {t['unit']} ({t['nll_kind']}) = {t['nll_nats']:.2f} nats/example"
         if t["nll_kind"] != "none" else f"test NLL: — ({results['family']} has no likelihood)"
     )
+    if "cond_nll_bpd" in t:  # a conditional run: nll_bpd is the marginal over classes
+        se = f" ± {t['cond_nll_bpd_se']:.4f}" if "cond_nll_bpd_se" in t else ""
+        nll = (f"{nll} (marginal over classes)\ntest NLL given the label: {t['cond_nll_bpd']:.4f}{se} {t['unit']}; "
+               f"generative classifier accuracy {t.get('classifier_accuracy', float('nan')):.4f}")
     return f"{nll}\nsamples: {results['samples']}\ncheckpoint: {results['checkpoint']}\nresults: {results['path']}"
 
 
