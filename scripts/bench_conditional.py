@@ -35,7 +35,7 @@ def train(args: argparse.Namespace, families: list[str]) -> None:
     for group in filter(None, groups):
         cmd = ["genlab-train", "experiment=compare_families", "dataset=mnist", f"paths.data_dir={args.data_dir}",
                "+conditional=class", "threads=1", f"trainer.max_time=00:00:{args.minutes:02d}:00",
-               f"hydra.sweep.dir={args.out}", f"+family={','.join(group)}", "trainer.enable_progress_bar=false"]
+               f"hydra.sweep.dir={args.out}", f"+family={','.join(group)}", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
         log = open(Path(args.out).with_suffix(f".{'_'.join(group)}.log"), "w")
         procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
     codes = [p.wait() for p in procs]

@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
+import torch
 from torch import Tensor, nn
 
 from genlab.conditioning import ClassCondition
@@ -364,6 +365,21 @@ class Conditional(Capability):
     def labels(self, batch: Mapping[str, Tensor]) -> Tensor:
         """The batch's labels, checked (the null label allowed): what :meth:`Family.log_likelihood` conditions on."""
         return self.condition.check(batch.get("y"), len(batch["x"]), allow_null=True)  # type: ignore[attr-defined]
+
+    def method_labels(self, n: int, y: Tensor | None, device: Any, sampling: bool = False) -> Tensor | None:
+        """The labels ``(n,)`` a sampling or capability method conditions on: None for an unconditional
+        model (which refuses a ``y``); else ``y`` checked (the null label allowed), or for ``y=None``
+        draws from ``p(y)`` when ``sampling`` or when the nets had no label dropout, else the null label
+        (the unconditional model that label dropout trained)."""
+        cond = self.condition  # type: ignore[attr-defined]
+        if cond is None:
+            if y is not None:
+                raise ValueError("this model is unconditional (trained without +conditional=class): it takes no "
+                                 "labels y. Fix: drop y=, or train with +conditional=class")
+            return None
+        if y is None and not sampling and self.label_dropout() > 0:
+            y = torch.full((n,), cond.null_label, dtype=torch.long, device=device)
+        return self.sampling_labels(n, y, device)
 
     def class_scores(self, nets: Nets, x: Tensor) -> Tensor | None:
         """``log p(x, y)`` up to a per-example constant ``(B, K)``, where the family has its own

@@ -117,20 +117,6 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter, Conditional
         return Nets(info, {"net": net, "label": self.condition.embedding(net.cond_dim)})
 
     # -- the condition ----------------------------------------------------------------------------
-    def labels_for(self, n: int, y: Tensor | None, device: Any, sampling: bool = False) -> Tensor | None:
-        """The labels ``(n,)`` a method conditions on: None for an unconditional model (which refuses a
-        ``y``); else ``y`` checked (the null label allowed) or, where None, draws from ``p(y)`` when
-        ``sampling``, elsewhere the null label if the nets were trained with label dropout, else draws
-        from ``p(y)``."""
-        if self.condition is None:
-            if y is not None:
-                raise ValueError("this model is unconditional: it takes no labels y=. Fix: leave y out, or train a "
-                                 "class-conditional model (+conditional=class)")
-            return None
-        if y is None and not sampling and self.label_dropout() > 0:
-            y = torch.full((n,), self.condition.null_label, dtype=torch.long)
-        return self.sampling_labels(n, y, device)
-
     def run_net(self, nets: nn.ModuleDict, x: Tensor, labels: Tensor | None) -> Tensor:
         """``params (B, P, D)`` of ``x`` given the labels: the net on ``(x, c = E[y])``; on ``x`` alone when
         ``labels`` is None (unconditional)."""
@@ -178,7 +164,7 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter, Conditional
         info = nets.info
         dtype = torch.long if info.kind == "text" else torch.uint8
         device = next(nets["net"].parameters()).device
-        labels = self.labels_for(n, y, device, sampling=True)
+        labels = self.method_labels(n, y, device, sampling=True)
         x = torch.zeros(n, *info.shape, dtype=dtype, device=device)
         return self.ancestral(nets, x, torch.ones_like(x, dtype=torch.bool), adjust=True, labels=labels)
 
@@ -205,8 +191,8 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter, Conditional
     def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: object = None,
                 y: Tensor | None = None) -> Tensor:
         """Draw the missing dimensions in ``net.order()`` from ``P(x_d | x_<d, y)`` at temperature 1
-        (``y``: labels of a conditional model; None: :meth:`labels_for`'s default)."""
-        labels = self.labels_for(len(x), y, x.device)
+        (``y``: labels of a conditional model; None: :meth:`method_labels`'s default)."""
+        labels = self.method_labels(len(x), y, x.device)
         return self.ancestral(nets, torch.where(missing, torch.zeros_like(x), x), missing, labels=labels)
 
     def inpaint_is_exact(self, nets: Nets, missing: Tensor) -> bool:
@@ -218,8 +204,8 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter, Conditional
 
     def start_coding(self, nets: Nets, x: Tensor, y: Tensor | None = None) -> CodingState:
         """The incremental state for coding ``x``, conditioned on ``y`` (a conditional model's labels,
-        fixed for the whole coding; None: :meth:`labels_for`'s default, which the decoder must repeat)."""
-        labels = self.labels_for(len(x), y, x.device)
+        fixed for the whole coding; None: :meth:`method_labels`'s default, which the decoder must repeat)."""
+        labels = self.method_labels(len(x), y, x.device)
         return CodingState(self.start_net(nets, x, labels), labels)
 
     def next_log_probs(self, nets: Nets, x: Tensor, step: int, state: CodingState, y: Tensor | None = None) -> Tensor:
@@ -227,7 +213,7 @@ class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter, Conditional
         position, temperature 1. ``y`` is optional: the labels are those of :meth:`start_coding`, and
         a ``y`` given here must be the same."""
         if y is not None:
-            labels = self.labels_for(len(x), y, x.device)
+            labels = self.method_labels(len(x), y, x.device)
             if state.labels is None or not torch.equal(labels, state.labels):
                 raise ConditionError("the labels of a coding are fixed when it starts: pass the same y to "
                                      "start_coding and next_log_probs")

@@ -228,11 +228,11 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional):
     # -- the model seam ---------------------------------------------------------------------------
     def model(self, nets: Nets, labels: Tensor | None = None) -> DiffusionModel:
         """The denoiser of this run: its network (and guide) on the training chain; a conditional one given
-        ``labels`` ``(B,)`` (required then: :meth:`labels_for`), with the null label for classifier-free
+        ``labels`` ``(B,)`` (required then: :meth:`method_labels`), with the null label for classifier-free
         guidance where it was trained with label dropout."""
         if (labels is None) != (self.condition is None):
             raise ValueError("a conditional diffusion model needs labels and an unconditional one takes none: "
-                             "model(nets, labels) with labels from labels_for(n, y, device)")
+                             "model(nets, labels) with labels from method_labels(n, y, device)")
         return DiffusionModel(
             net=nets["net"] if labels is None else LabelConditioned(nets["net"], nets["label"]),
             process=self.process, prediction=self.prediction, shape=tuple(nets.info.shape),
@@ -240,19 +240,6 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional):
             clip_denoised=self.clip_denoised, guide=nets["guide"] if "guide" in nets else None,
             guidance_weight=self.guidance.weight if self.guidance is not None else 1.0, labels=labels,
             null_label=self.condition.null_label if labels is not None and self.label_dropout() > 0 else None)
-
-    def labels_for(self, n: int, y: Tensor | None, device: Any, capability: bool = False) -> Tensor | None:
-        """The labels of ``n`` examples: None for an unconditional model (which refuses ``y``), else ``y``
-        checked (the null label allowed), or, for ``y=None``, labels drawn from ``p(y)`` — the null label
-        instead for a ``capability`` (denoise, inpaint, encode) of a model trained with label dropout."""
-        if self.condition is None:
-            if y is not None:
-                raise ValueError("this model is unconditional: it takes no labels (y=). Fix: drop them, or train "
-                                 "with +conditional=class")
-            return None
-        if y is None and capability and self.label_dropout() > 0:
-            y = torch.full((n,), self.condition.null_label, dtype=torch.long)
-        return self.sampling_labels(n, y, device)
 
     def bound(self, nets: Nets, x0: Tensor, timesteps: int | None = None,
               labels: Tensor | None = None) -> BoundEstimate:
@@ -295,7 +282,7 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional):
         ``(n,)`` where conditional (None: drawn from ``p(y)``); guided when ``model.guidance`` (or the
         sampler's ``guidance``) says so: autoguided with a snapshot, else classifier-free."""
         s = self.sampler if sampler is None else resolve(sampler, SAMPLERS, Sampler, "sampler")
-        labels = self.labels_for(n, y, next(nets.parameters()).device)
+        labels = self.method_labels(n, y, next(nets.parameters()).device, sampling=True)
         return self.to_data(nets, s(self.model(nets, labels), n))
 
     # -- capabilities -----------------------------------------------------------------------------
@@ -308,14 +295,14 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional):
     def denoise(self, nets: Nets, y: Tensor, plan: dict[str, Any], method: str,
                 labels: Tensor | None = None) -> Tensor:
         """Noisy ``y`` -> denoised (:mod:`~genlab.families.diffusion.denoising`); a conditional model given
-        ``labels`` (``y`` is the noisy input here; None: the null label, :meth:`labels_for`)."""
-        return denoising.denoise(self.model(nets, self.labels_for(len(y), labels, y.device, True)), y, plan, method)
+        ``labels`` (``y`` is the noisy input here; None: the null label, :meth:`method_labels`)."""
+        return denoising.denoise(self.model(nets, self.method_labels(len(y), labels, y.device)), y, plan, method)
 
     def inpaint(self, nets: Nets, x: Tensor, missing: Tensor, options: Any, y: Tensor | None = None) -> Tensor:
         """RePaint (:mod:`~genlab.families.diffusion.repaint`) with ``options.steps``, ``.jump``, ``.resample``;
-        a conditional model given the classes ``y`` (None: the null label, :meth:`labels_for`)."""
+        a conditional model given the classes ``y`` (None: the null label, :meth:`method_labels`)."""
         x0 = self.scale(nets, x, next(nets.parameters()).dtype)
-        model = self.model(nets, self.labels_for(len(x), y, x.device, True))
+        model = self.model(nets, self.method_labels(len(x), y, x.device))
         filled = repaint.repaint(model, x0, missing, options.steps, options.jump, options.resample)
         return self.to_data(nets, filled).to(x.dtype)
 
@@ -323,10 +310,10 @@ class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional):
         """DDIM inversion (:mod:`~genlab.families.diffusion.inversion`) of discrete ``x`` on ``steps`` steps
         (unguided), given the classes ``y`` where conditional (None: the null label)."""
         x0 = self.scale(nets, self.check_discrete(nets, x), next(nets.parameters()).dtype)
-        return inversion.ddim_encode(self.model(nets, self.labels_for(len(x), y, x.device, True)), x0, steps)
+        return inversion.ddim_encode(self.model(nets, self.method_labels(len(x), y, x.device)), x0, steps)
 
     def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
         """Codes -> discrete levels by deterministic DDIM from the codes on ``steps`` steps, given the
         classes ``y`` where conditional (None: the null label)."""
-        model = self.model(nets, self.labels_for(len(z), y, z.device, True))
+        model = self.model(nets, self.method_labels(len(z), y, z.device))
         return self.to_data(nets, inversion.ddim_decode(model, z, steps))

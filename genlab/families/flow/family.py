@@ -156,19 +156,6 @@ class Flow(Family, Likelihood, Encoder, Conditional):
         """The label embedding ``e(y)`` ``(B, E)`` the flow takes, or None (no labels: unconditional)."""
         return None if y is None else nets["label"](y)
 
-    def method_labels(self, n: int, y: Tensor | None, device: Any, sampling: bool = False) -> Tensor | None:
-        """Labels for ``n`` examples of a sampling or capability method: None for an unconditional model
-        (raises ValueError if ``y`` is given); else ``y`` checked, or for ``y=None`` draws from ``p(y)`` when
-        ``sampling`` or the nets had no label dropout, and the null label otherwise."""
-        if self.condition is None:
-            if y is not None:
-                raise ValueError("this model is unconditional (trained without +conditional=class): it takes no "
-                                 "labels y. Fix: drop y=, or train with +conditional=class")
-            return None
-        if y is None and not sampling and self.label_dropout() > 0:
-            y = torch.full((n,), self.condition.null_label, dtype=torch.long, device=device)
-        return self.sampling_labels(n, y, device)
-
     # -- input checks ----------------------------------------------------------------------
     @staticmethod
     def check_discrete(info: DataInfo, x: Tensor) -> Tensor:

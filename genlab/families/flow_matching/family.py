@@ -134,19 +134,6 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional
         null = self.condition.null_label if self.label_dropout() > 0 else None
         return ConditionalVelocity(LabelConditioned(nets["velocity"], nets["label"]), labels, weight, null)
 
-    def labels_for(self, n: int, y: Tensor | None, device: Any, capability: bool = False) -> Tensor | None:
-        """The labels of ``n`` examples: None for an unconditional model (which refuses ``y``), else ``y``
-        checked (the null label allowed), or, for ``y=None``, labels drawn from ``p(y)`` — the null label
-        instead for a ``capability`` (denoise, inpaint, encode) of a model trained with label dropout."""
-        if self.condition is None:
-            if y is not None:
-                raise ValueError("this model is unconditional: it takes no labels (y=). Fix: drop them, or train "
-                                 "with +conditional=class")
-            return None
-        if y is None and capability and self.label_dropout() > 0:
-            y = torch.full((n,), self.condition.null_label, dtype=torch.long)
-        return self.sampling_labels(n, y, device)
-
     # -- data space <-> flow space (bins of width 2/L in [-1, 1]) ------------------------------------
     @staticmethod
     def check_discrete(nets: Nets, x: Tensor) -> Tensor:
@@ -180,7 +167,7 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional
         ``y`` where conditional (None: drawn from ``p(y)``)."""
         solver = solver or self.solver
         p = next(nets.parameters())
-        labels = self.labels_for(n, y, p.device)
+        labels = self.method_labels(n, y, p.device, sampling=True)
         y0 = torch.randn(n, *nets.info.shape, device=p.device, dtype=p.dtype)
         return transport(self.velocity(nets, labels, solver.weight), y0, 0.0, 1.0, solver)
 
@@ -243,7 +230,7 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional
                 labels: Tensor | None = None) -> Tensor:
         """Noisy ``y`` -> denoised (:mod:`.denoise`); a conditional model given ``labels`` (``y`` is the noisy
         input here; None: the null label), guided with ``model.solver.guidance``."""
-        velocity = self.velocity(nets, self.labels_for(len(y), labels, y.device, True), self.solver.weight)
+        velocity = self.velocity(nets, self.method_labels(len(y), labels, y.device), self.solver.weight)
         return fm_denoise.denoise(velocity, self.objective.path, self.solver, y, plan, method).y
 
     # -- Inpainter: replacement along the probability path (:mod:`.inpaint`) -----------------------------
@@ -252,7 +239,7 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional
         """ODE on ``options.steps`` intervals (None: ``model.solver.steps``), the known region on the path;
         a conditional model given the classes ``y`` (None: the null label), guided with ``model.solver.guidance``."""
         steps = self.solver.steps if options.steps is None else options.steps
-        velocity = self.velocity(nets, self.labels_for(len(x), y, x.device, True), self.solver.weight)
+        velocity = self.velocity(nets, self.method_labels(len(x), y, x.device), self.solver.weight)
         x1 = self.dequantize(nets, x)
         filled = fill_along_path(velocity, self.objective.path, self.solver, x1, missing, steps)
         return self.to_data(nets, filled.y).to(x.dtype)
@@ -266,7 +253,7 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional
         """Data -> noise code: the (unguided) velocity ODE from ``t = 1`` back to ``t = 0``, from the bin
         centres; given the classes ``y`` where conditional (None: the null label)."""
         y1 = BinScale(nets.info.levels).centres(self.check_discrete(nets, x), self._dtype(nets))
-        velocity = self.velocity(nets, self.labels_for(len(x), y, x.device, True))
+        velocity = self.velocity(nets, self.method_labels(len(x), y, x.device))
         return transport(velocity, y1, 1.0, 0.0, self._inversion_solver(steps)).y
 
     @torch.no_grad()
@@ -274,5 +261,5 @@ class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional
         """Noise codes -> discrete levels: the ODE from ``t = 0`` to ``t = 1``, binned; given the classes ``y``
         where conditional (None: the null label), guided with ``model.solver.guidance``."""
         solver = self._inversion_solver(steps)
-        velocity = self.velocity(nets, self.labels_for(len(z), y, z.device, True), solver.weight)
+        velocity = self.velocity(nets, self.method_labels(len(z), y, z.device), solver.weight)
         return self.to_data(nets, transport(velocity, z, 0.0, 1.0, solver).y)

@@ -173,19 +173,6 @@ class VAE(Family, Likelihood, Encoder, Inpainter, Conditional):
         """The label embedding ``e(y)`` ``(B, E)`` the nets take, or None (no labels: unconditional)."""
         return None if y is None else nets["label"](y)
 
-    def method_labels(self, n: int, y: Tensor | None, device: Any, sampling: bool = False) -> Tensor | None:
-        """Labels for ``n`` examples of a sampling or capability method: None for an unconditional model
-        (raises ValueError if ``y`` is given); else ``y`` checked, or for ``y=None`` draws from ``p(y)`` when
-        ``sampling`` or the nets had no label dropout, and the null label otherwise."""
-        if self.condition is None:
-            if y is not None:
-                raise ValueError("this model is unconditional (trained without +conditional=class): it takes no "
-                                 "labels y. Fix: drop y=, or train with +conditional=class")
-            return None
-        if y is None and not sampling and self.label_dropout() > 0:
-            y = torch.full((n,), self.condition.null_label, dtype=torch.long, device=device)
-        return self.sampling_labels(n, y, device)
-
     def prior_params(self, nets: nn.ModuleDict, c: Tensor | None) -> tuple[Tensor, Tensor] | None:
         """``p(z|y)``'s ``mu, logvar`` ``(B, Z)`` for the label embedding ``c``; None: ``p(z) = N(0, I)``."""
         if c is None or "prior" not in nets:
