@@ -99,7 +99,7 @@ def test_unlabelled_data_is_refused_with_the_fix(tmp_path):
     from genlab.data.toy import ToyDataModule
 
     with pytest.raises(ValueError, match="need labelled images.*Fix"):
-        get_classifier(ToyDataModule(), tmp_path)
+        get_classifier(ToyDataModule(mode="independent"), tmp_path)
 
 
 @pytest.mark.slow
