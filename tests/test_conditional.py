@@ -221,3 +221,13 @@ def test_genlab_eval_scores_conditional_samples_and_a_label_permuted_model_does_
     torch.save(state, permuted)
     worse = evaluate(permuted, n=300, cache_dir=tmp_path / "clf")["conditional"]
     assert worse["label_accuracy"] < cond["label_accuracy"] - 0.4
+
+
+def test_a_guidance_sweep_is_refused_for_a_family_without_guidance(tiny, tmp_path, capsys):
+    from genlab.evaluate import main
+    from genlab.train import run
+
+    res = run(_cfg(tmp_path, "+conditional=class", "trainer.max_steps=5", "num_samples=0"))
+    assert main([str(Path(res["path"]).parent), "--guidance", "1,2"]) == 2
+    err = capsys.readouterr().err
+    assert "has no guidance weight" in err and "diffusion" in err and "flow_matching" in err

@@ -21,7 +21,8 @@ def cvae(tmp_path_factory):
     from genlab.builders import compose_run
     from genlab.train import run
 
-    res = run(compose_run(["model=vae", *COND, "num_samples=20", "callbacks.progress_bar.refresh_rate=0"],
+    res = run(compose_run(["model=vae", *COND, "num_samples=20", "callbacks.progress_bar.refresh_rate=0",
+                           "model.val_k=4", "model.test_k=16"],
                           tmp_path_factory.mktemp("cvae") / "run"))
     return Path(res["path"]).parent
 
