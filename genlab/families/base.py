@@ -23,7 +23,8 @@ run lives in the nets or in returned values (:class:`LogLikelihood` carries its 
 
 **Capabilities.** What a family can do beyond the contract is a type it inherits from
 (:class:`Likelihood`, :class:`Encoder`, :class:`Denoiser`, :class:`Inpainter`,
-:class:`SequentialCoder`, :class:`EnergyScorer`), implemented inside the family's own folder.
+:class:`SequentialCoder`, :class:`EnergyScorer`, :class:`LatentAutoencoder`), implemented inside the family's
+own folder.
 Generic code asks ``isinstance(family, Denoiser)`` and calls the method; the lists of families
 that can do a task are computed from the registered families (:func:`registered`), which are
 every imported subclass of :class:`Family` that sets a ``name``.
@@ -332,6 +333,33 @@ class EnergyScorer(Capability):
 
     def score_energy(self, nets: Nets, x: Tensor) -> Tensor:
         """Discrete ``x`` -> ``E`` per example ``(B,)``, higher = less likely."""
+        raise NotImplementedError
+
+
+class LatentAutoencoder(Capability):
+    """The first stage of a two-stage model: a deterministic encoder of the data to latents that are
+    discrete data themselves (:meth:`latent_info`: e.g. a ``(1, h, w)`` grid of codes with ``K``
+    levels), and a decoder with an explicit discrete likelihood ``log p(x | z)``. Any family that can
+    model the latents is a prior over them, and the pair has the bound
+    ``log p(x) >= log p(x | z(x)) + log P_prior(z(x))`` (one term of ``sum_z P(z) p(x | z)``)."""
+
+    missing = ("a two-stage model needs a first stage with a deterministic encoder to discrete latents and an "
+               "explicit decoder likelihood p(x | z) (a VQ-VAE)")
+
+    def latent_info(self, nets: Nets) -> DataInfo:
+        """What the latents are, as data: kind, shape, levels (the prior is built for it)."""
+        raise NotImplementedError
+
+    def encode_latents(self, nets: Nets, x: Tensor) -> Tensor:
+        """Discrete ``x`` ``(B, *shape)`` -> latents ``(B, *latent_info.shape)`` in their discrete form."""
+        raise NotImplementedError
+
+    def latent_log_likelihood(self, nets: Nets, x: Tensor, z: Tensor) -> Tensor:
+        """``log p(x | z)`` in nats per example ``(B,)``."""
+        raise NotImplementedError
+
+    def decode_latents(self, nets: Nets, z: Tensor) -> Tensor:
+        """Latents -> a draw ``x ~ p(x | z)`` in DATA space ``(B, *shape)``."""
         raise NotImplementedError
 
 

@@ -1,0 +1,156 @@
+"""Two-stage models: any family as a prior over the latents of a trained, frozen first stage.
+
+The first stage (``model.stage1``: a run directory or checkpoint of a
+:class:`~genlab.families.base.LatentAutoencoder`, e.g. a VQ-VAE) maps an image ``x`` to discrete latents
+``z(x)`` (a ``(1, h, w)`` grid of codes with ``K`` levels) and has an explicit decoder likelihood
+``p(x | z)``. The prior (``model.prior``: any family config, e.g. a gated PixelCNN) is built for the
+latents as data (:meth:`LatentAutoencoder.latent_info`) and trained, unchanged, on ``z(x)`` of each
+training batch (encoded without gradients; the first stage stays frozen). Like VQ-VAE + PixelCNN
+(van den Oord et al. 2017, Sec. 4.2) and taming's / latent-diffusion's ``first_stage_config``, in one run.
+
+Likelihood, on the ORIGINAL discrete data (kind ``bound``): ``z(x)`` is one term of
+``p(x) = sum_z P_prior(z) p(x | z)``, so::
+
+    -log p(x) <= -log p(x | z(x)) - log P_prior(z(x))          (recon_nats + prior_nats)
+
+with the prior's exact NLL (a PixelCNN's) or its bound (then the sum is still a bound). Both parts
+are in ``LogLikelihood.extras`` and logged (``recon_nats``/``_bpd``, ``prior_nats``/``_bpd``, per data
+dimension). Samples: ``z ~ P_prior``, decoded, ``x ~ p(x | z)``. The loss group (``loss=...``) is the
+prior's objective.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from genlab.checkpoints import CheckpointError
+from genlab.data.base import DataError, DataInfo
+from genlab.families.base import Family, IncompatibleConfigError, LatentAutoencoder, Likelihood, LossOutput, Nets
+from genlab.families.latent.stage1 import TRAIN_HINT, Frozen, Stage1, load_stage1, mismatch
+from genlab.metrics.likelihood import LN2, LogLikelihood, NLLKind
+
+
+def parts_summary(n: int, sums: dict[str, float], dims: int) -> dict[str, float]:
+    """The means of the ``*_nats`` parts over ``n`` examples, and each in bits per data dimension (``*_bpd``)."""
+    out = {k: v / n for k, v in sums.items()} if n else {}
+    return {**out, **{k.replace("_nats", "_bpd"): v / (dims * LN2) for k, v in out.items()}}
+
+
+class TwoStage(Family, Likelihood):
+    """A prior family over a frozen first stage's latents (module docstring).
+
+    Args:
+        prior: the prior family (any family that can model the latents as data).
+        stage1: the first stage: a run directory or checkpoint path (loaded when the family is checked
+            or built), or a loaded :class:`Stage1`; None is refused with the fix.
+        objective: the prior's training objective (the ``loss`` group); None keeps the prior's own.
+    """
+
+    name = "two_stage"
+    compare_rank = 30
+    nll_kind = "bound"
+
+    def __init__(self, prior: Family, stage1: str | Stage1 | None = None, objective: Any = None) -> None:
+        super().__init__(objective)
+        if objective is not None:
+            prior.objective = objective
+        self.prior, self.stage1 = prior, stage1
+
+    # -- the first stage -------------------------------------------------------------------------
+    def loaded(self) -> Stage1:
+        """The first stage, loaded from ``model.stage1`` once (its nets are copied into :meth:`build`'s)."""
+        if self.stage1 is None:
+            raise DataError(f"model.stage1 is not set: a two-stage model needs a trained first stage. "
+                            f"Fix: {TRAIN_HINT}")
+        if not isinstance(self.stage1, Stage1):
+            self.stage1 = load_stage1(self.stage1)
+        return self.stage1
+
+    def coder(self) -> LatentAutoencoder:
+        """The first stage's family (the encoder/decoder maths; its nets are ``nets["stage1"].nets``)."""
+        return self.loaded().family  # type: ignore[return-value]
+
+    def latent_info(self) -> DataInfo:
+        """What the prior models: the first stage's latents as data."""
+        stage = self.loaded()
+        return stage.family.latent_info(stage.nets)  # type: ignore[attr-defined]
+
+    # -- compatibility ---------------------------------------------------------------------------
+    def check_objective(self, objective: Any) -> str | None:
+        return self.prior.check_objective(objective)
+
+    def check_data(self, info: DataInfo) -> str | None:
+        try:
+            stage = self.loaded()
+        except (DataError, CheckpointError, IncompatibleConfigError) as err:
+            return str(err)
+        if reason := mismatch(stage, info):
+            return reason
+        if reason := self.prior.check_data(self.latent_info()):
+            return f"the prior cannot model the first stage's latents {self.latent_info()}: {reason}"
+        return None
+
+    def likelihood_kind(self, info: DataInfo) -> NLLKind:
+        kind = self.prior.likelihood_kind(self.latent_info())
+        return kind if kind in ("none", "estimate") else "bound"
+
+    # -- contract --------------------------------------------------------------------------------
+    def build(self, info: DataInfo) -> Nets:
+        """``{"stage1": the first stage's nets (frozen), "prior": the prior's nets for the latents}``."""
+        stage = self.loaded()
+        if reason := mismatch(stage, info):
+            raise DataError(reason)
+        return Nets(info, {"stage1": Frozen(stage.nets), "prior": self.prior.build(self.latent_info())})
+
+    def param_groups(self, nets: Nets) -> dict[str, Any]:
+        return self.prior.param_groups(nets["prior"])
+
+    def schedule(self) -> list[str]:
+        return self.prior.schedule()
+
+    def diverged(self, out: LossOutput) -> str | None:
+        return self.prior.diverged(out)
+
+    def latents(self, nets: Nets, x: Tensor) -> Tensor:
+        """``z(x)``: the first stage's latents of discrete ``x``, no gradients."""
+        with torch.no_grad():
+            return self.coder().encode_latents(nets["stage1"].nets, x)
+
+    def loss(self, nets: Nets, batch: dict[str, Tensor], **kwargs: Any) -> LossOutput:
+        """The prior's objective on the batch's latents (``kwargs``: the prior's param group, if it has several)."""
+        return self.prior.loss(nets["prior"], {"x": self.latents(nets, batch["x"])}, **kwargs)
+
+    @torch.no_grad()
+    def log_likelihood(self, nets: Nets, batch: dict[str, Tensor], stage: str = "test") -> LogLikelihood | None:
+        """``log p(x | z(x)) + log P_prior(z(x))`` (module docstring); None where the prior has no likelihood."""
+        x = batch["x"]
+        z = self.latents(nets, x)
+        prior = self.prior.log_likelihood(nets["prior"], {"x": z}, stage=stage) \
+            if isinstance(self.prior, Likelihood) else None
+        if prior is None:
+            return None
+        recon = self.coder().latent_log_likelihood(nets["stage1"].nets, x, z).double()
+        prior_ll = prior.log_px.double()
+        extras = {"recon_nats": -recon, "prior_nats": -prior_ll,
+                  **{f"prior_{k}": v for k, v in prior.extras.items()}}
+        kind = "estimate" if prior.kind == "estimate" else "bound"
+        return LogLikelihood(recon + prior_ll, kind, extras)
+
+    def summarize_likelihood(self, nets: Nets, n: int, sums: dict[str, float]) -> dict[str, float]:
+        """Both parts in nats and bits per data dimension, and the prior's own statistics (``prior_*``)."""
+        own = {k: v for k, v in sums.items() if k in ("recon_nats", "prior_nats")}
+        theirs = {k.removeprefix("prior_"): v for k, v in sums.items() if k.startswith("prior_") and k not in own}
+        stats = parts_summary(n, own, nets.info.dims)
+        if isinstance(self.prior, Likelihood):
+            prior = self.prior.summarize_likelihood(nets["prior"], n, theirs)
+            stats.update({f"prior_{k}": v for k, v in prior.items()})
+        return stats
+
+    @torch.no_grad()
+    def sample(self, nets: Nets, n: int, sampler: Any = None) -> Tensor:
+        """``z ~ P_prior`` (with the prior's ``sampler``), decoded: ``x ~ p(x | z)`` in data space."""
+        z = self.prior.sample(nets["prior"], n, sampler)
+        return self.coder().decode_latents(nets["stage1"].nets, z)
