@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 import genlab.runs  # noqa: F401  (registers the ${genlab_run_id:} resolver of configs/train.yaml)
 from genlab.conditioning import ClassCondition, ConditionError, label_prior
 from genlab.data.base import DataError, DataInfo
-from genlab.families.base import Conditional, Family, IncompatibleConfigError, able
+from genlab.data.latents import LatentCache, LatentPrior
+from genlab.families.base import Conditional, Family, IncompatibleConfigError, able, registered
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,45 @@ def compose_run(overrides: list[str] | tuple[str, ...] = (), output_dir: str | P
 
 
 def build_family(cfg: DictConfig, datamodule: Any = None) -> Family:
-    """Instantiate ``cfg.model`` with ``cfg.loss`` as its training objective; for a conditional run
-    (``cfg.conditional``, e.g. ``+conditional=class``) with the condition built for ``datamodule``'s
-    labels (:func:`build_condition`; ``datamodule`` is then required)."""
+    """Instantiate ``cfg.model`` with ``cfg.loss`` as its training objective; with ``cfg.stage1``
+    (``+stage1=<run dir>``) as the prior over that first stage's latents (:func:`wrap_prior`), whose
+    latents are then cached under ``<paths.data_dir>/genlab_latents`` for ``datamodule``'s splits; for a
+    conditional run (``cfg.conditional``, e.g. ``+conditional=class``) with the condition built for
+    ``datamodule``'s labels (:func:`build_condition`; ``datamodule`` is then required)."""
     family = instantiate(cfg.model, objective=instantiate(cfg.loss))
+    if cfg.get("stage1"):
+        family = wrap_prior(cfg, family)
+    if isinstance(family, LatentPrior) and datamodule is not None:
+        data_dir = OmegaConf.select(cfg, "paths.data_dir")
+        family.use_latent_cache(LatentCache.of(datamodule, Path(data_dir) / "genlab_latents" if data_dir else None))
     if cfg.get("conditional"):
         if datamodule is None:
             raise IncompatibleConfigError("a conditional run's family is built with its datamodule (the labels give "
                                           "the number of classes and p(y)): build_family(cfg, datamodule)")
         family.condition = build_condition(cfg, family, datamodule)
+    return family
+
+
+def wrap_prior(cfg: DictConfig, prior: Family) -> Family:
+    """``+stage1=<run dir>``: the run's model ``prior`` as the prior over that first stage's latents, in the
+    registered :class:`~genlab.data.latents.LatentPrior` family. A prior that cannot model the latents or
+    has no likelihood of them is refused, naming the ``model`` options that can be one."""
+    model = choices(cfg).get("model", "?")
+    if isinstance(prior, LatentPrior):
+        raise IncompatibleConfigError(
+            f"+stage1={cfg.stage1} makes the run's model the prior over a first stage, and model={model} has its own "
+            "first stage already (model.stage1). Fix: pass +stage1=<run dir> with a plain prior (e.g. model=pixelcnn), "
+            "or drop +stage1 and set model.stage1=<run dir>")
+    wrappers = [cls for cls in registered() if issubclass(cls, LatentPrior)]
+    if not wrappers:
+        raise IncompatibleConfigError(f"+stage1 needs a family with a prior over latents ({LatentPrior.__name__}); "
+                                      "none is registered in this install. Fix: drop +stage1")
+    family = wrappers[0].over(prior, str(cfg.stage1))
+    if reason := family.check_prior():
+        can = _valid("model", lambda fam: isinstance(fam, Family) and family.with_prior(fam).check_prior() is None)
+        raise IncompatibleConfigError(
+            f"model={model} cannot be the prior over the first stage +stage1={cfg.stage1} ({reason}). Priors that "
+            f"can: {', '.join(can) or 'none in this install'}. Fix: pass model=<one of them>")
     return family
 
 

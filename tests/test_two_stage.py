@@ -8,16 +8,21 @@ import pytest
 import torch
 from torch import Tensor
 
+from genlab.data.latents import LatentCache, checkpoint_digest
 from genlab.data.toy import ToyDataModule
 from genlab.distributions import Categorical
 from genlab.families.autoregressive import Autoregressive
 from genlab.families.base import Family, IncompatibleConfigError, LatentAutoencoder, Nets
-from genlab.families.latent import Stage1, TwoStage
+from genlab.families.latent import Stage1, TwoStage, load_stage1
+from genlab.families.latent.stage1 import checkpoint_of
+from genlab.families.vqvae import VQVAE
 from genlab.nets.pixelcnn import GatedPixelCNN
 
 STAGE1 = ("model=vqvae", "model.downsample=2", "model.codebook_size=16", "model.encoder.channels=16",
           "model.decoder.channels=16", "model.encoder.res_blocks=1", "model.decoder.res_blocks=1")
 SMALL_PRIOR = ("model.prior.net.channels=8", "model.prior.net.layers=2", "model.prior.net.out_hidden=16")
+SMALL_PIXELCNN = ("model=pixelcnn", "model.net.channels=8", "model.net.layers=2", "model.net.out_hidden=16",
+                  "model.net.kernel_size=3", "model.net.first_kernel_size=5")
 QUICK = ("threads=1", "num_samples=6", "callbacks.progress_bar.refresh_rate=0", "trainer.limit_val_batches=1")
 
 
@@ -86,6 +91,10 @@ def test_a_missing_stage1_is_refused_naming_the_fix(make_cfg, tmp_path):
     assert "does not exist" in family.check_data(ToyDataModule().info)
 
 
+def _run_dir(results: dict) -> str:
+    return str(json.loads(open(results["path"]).read())["checkpoint"]).rsplit("/checkpoints/", 1)[0]
+
+
 @pytest.fixture(scope="module")
 def stage1_run(tmp_path_factory):
     """A VQ-VAE trained 40 steps on digits (4x4 codes, K = 16)."""
@@ -95,12 +104,13 @@ def stage1_run(tmp_path_factory):
     return run(compose_run([*STAGE1, "trainer.max_steps=40", *QUICK], tmp_path_factory.mktemp("vq") / "run"))
 
 
-def test_tiny_vqvae_plus_pixelcnn_reports_a_bound_with_both_parts(stage1_run, make_cfg):
+def test_tiny_vqvae_plus_pixelcnn_reports_a_bound_with_both_parts(stage1_run, make_cfg, tmp_path):
     from genlab.builders import load_run
     from genlab.train import run
 
-    run_dir = str(json.loads(open(stage1_run["path"]).read())["checkpoint"]).rsplit("/checkpoints/", 1)[0]
-    cfg = make_cfg("model=latent_pixelcnn", f"model.stage1={run_dir}", *SMALL_PRIOR, "trainer.max_steps=40", *QUICK)
+    run_dir = _run_dir(stage1_run)
+    cfg = make_cfg("model=latent_pixelcnn", f"model.stage1={run_dir}", *SMALL_PRIOR, "trainer.max_steps=40", *QUICK,
+                   f"paths.data_dir={tmp_path / 'data'}")
     results = json.loads(open(run(cfg)["path"]).read())
     test, metrics = results["test"], results["metrics"]
     assert results["family"] == "two_stage" and test["nll_kind"] == "bound" and math.isfinite(test["nll_bpd"])
@@ -125,12 +135,89 @@ def test_a_first_stage_of_other_data_or_without_codes_is_refused(stage1_run, mak
     assert "is a vae run, which cannot be a first stage" in reason and "vqvae" in reason
 
 
-def test_a_composed_bound_on_toy_data_is_not_below_its_entropy(make_cfg):
+def test_a_composed_bound_on_toy_data_is_not_below_its_entropy(make_cfg, tmp_path):
     from genlab.train import run
 
     stage1 = run(make_cfg(*STAGE1, "dataset=toy", "trainer.max_steps=30", *QUICK, name="vq_toy"))
-    cfg = make_cfg("model=latent_pixelcnn", f"model.stage1={stage1['checkpoint']}", "dataset=toy", *SMALL_PRIOR,
-                   "trainer.max_steps=30", *QUICK, name="two_stage_toy")
+    cfg = make_cfg(f"+stage1={stage1['checkpoint']}", *SMALL_PIXELCNN, "dataset=toy", "trainer.max_steps=30", *QUICK,
+                   f"paths.data_dir={tmp_path / 'data'}", name="two_stage_toy")
     test = json.loads(open(run(cfg)["path"]).read())["test"]
     assert test["nll_kind"] == "bound"
     assert test["nll_bpd"] >= ToyDataModule().info.entropy_bpd - 3 * test["nll_bpd_se"]
+
+
+def _refuse_encoding(*args, **kwargs):
+    raise AssertionError("the first stage encoded images: the cached latents were not reused")
+
+
+def test_plus_stage1_wraps_a_prior_and_a_later_run_reuses_the_cached_latents(stage1_run, make_cfg, tmp_path,
+                                                                             monkeypatch):
+    from genlab.builders import load_run
+    from genlab.train import run
+
+    run_dir, data = _run_dir(stage1_run), tmp_path / "data"
+    first = json.loads(open(run(make_cfg(f"+stage1={run_dir}", *SMALL_PIXELCNN, "trainer.max_steps=10", *QUICK,
+                                         f"paths.data_dir={data}", name="first"))["path"]).read())
+    assert first["family"] == "two_stage" and first["model"] == "pixelcnn" and first["test"]["nll_kind"] == "bound"
+    key = load_stage1(run_dir).digest
+    assert key == checkpoint_digest(checkpoint_of(run_dir)) and len(key) == 16
+    files = sorted(p.name for p in (data / "genlab_latents" / key).iterdir())
+    assert files == ["digits_test.pt", "digits_train.pt", "digits_val.pt"]
+
+    monkeypatch.setattr(VQVAE, "encode_latents", _refuse_encoding)  # a second prior: no image is encoded again
+    second = json.loads(open(run(make_cfg("model=latent_pixelcnn", f"model.stage1={run_dir}", *SMALL_PRIOR,
+                                          "trainer.max_steps=10", *QUICK, f"paths.data_dir={data}",
+                                          name="second"))["path"]).read())
+    assert second["metrics"]["test/recon_nats"] == pytest.approx(first["metrics"]["test/recon_nats"], rel=1e-9)
+    module, _ = load_run(first["checkpoint"])  # one model, rebuilt from its checkpoint alone (+stage1 is stored)
+    assert isinstance(module.family, TwoStage) and isinstance(module.family.prior, Autoregressive)
+
+
+def test_a_changed_stage1_checkpoint_gets_new_latents(stage1_run, tmp_path):
+    ckpt = tmp_path / "changed.ckpt"
+    state = torch.load(checkpoint_of(_run_dir(stage1_run)), map_location="cpu", weights_only=False)
+    name = next(k for k in state["state_dict"] if "decoder" in k and k.endswith("weight"))
+    state["state_dict"][name] = state["state_dict"][name] * 1.01  # e.g. trained on
+    torch.save(state, ckpt)
+    old, new = load_stage1(_run_dir(stage1_run)), load_stage1(ckpt)
+    assert new.digest != old.digest
+    images = {"test": torch.randint(0, 17, (3, 1, 8, 8), dtype=torch.uint8)}
+    family = TwoStage(_prior(), new)
+    family.use_latent_cache(LatentCache(tmp_path / "cache", "digits", images))
+    nets = family.build(new.nets.info)
+    z = family.latents(nets, images["test"])
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [new.digest]
+    torch.testing.assert_close(z, family.encode(nets, images["test"]))
+
+    stale = TwoStage(_prior(), load_stage1(ckpt))  # e.g. a two-stage checkpoint trained over the file before it changed
+    stale.use_latent_cache(LatentCache(tmp_path / "stale", "digits", images))
+    nets = stale.build(new.nets.info)
+    nets["stage1"].nets.load_state_dict(old.nets.state_dict())
+    with pytest.warns(UserWarning, match="not those of"):
+        z = stale.latents(nets, images["test"])
+    assert not (tmp_path / "stale").exists()  # encoded in memory, never written under the changed file's key
+    torch.testing.assert_close(z, stale.encode(nets, images["test"]))
+
+
+def test_a_prior_without_a_likelihood_is_refused_naming_the_priors_that_can(stage1_run, make_cfg):
+    from genlab.train import run
+
+    run_dir = _run_dir(stage1_run)
+    with pytest.raises(IncompatibleConfigError, match="model=gan_mlp cannot be the prior.*needs the prior's log P") as err:
+        run(make_cfg(f"+stage1={run_dir}", "model=gan_mlp", *QUICK))
+    can = str(err.value).split("Priors that can: ")[1].split(". Fix")[0].split(", ")
+    assert {"pixelcnn", "transformer"} <= set(can) and not {"gan_mlp", "dcgan", "latent_pixelcnn"} & set(can)
+    with pytest.raises(IncompatibleConfigError, match="has its own first stage already"):
+        run(make_cfg(f"+stage1={run_dir}", "model=latent_pixelcnn", f"model.stage1={run_dir}", *QUICK))
+    with pytest.raises(IncompatibleConfigError, match="does not exist"):
+        run(make_cfg("+stage1=/nowhere/run", "model=pixelcnn", *QUICK))
+
+
+def test_the_transformer_is_a_prior_over_the_code_grid_too(stage1_run, make_cfg, tmp_path):
+    from genlab.train import run
+
+    cfg = make_cfg(f"+stage1={_run_dir(stage1_run)}", "model=transformer", "model.net.d_model=16", "model.net.n_layers=1",
+                   "model.net.n_heads=2", "trainer.max_steps=5", *QUICK, f"paths.data_dir={tmp_path / 'data'}")
+    results = json.loads(open(run(cfg)["path"]).read())
+    assert results["family"] == "two_stage" and results["model"] == "transformer"
+    assert results["test"]["nll_kind"] == "bound" and math.isfinite(results["test"]["nll_bpd"])

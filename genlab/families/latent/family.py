@@ -5,8 +5,18 @@ The first stage (``model.stage1``: a run directory or checkpoint of a
 ``z(x)`` (a ``(1, h, w)`` grid of codes with ``K`` levels) and has an explicit decoder likelihood
 ``p(x | z)``. The prior (``model.prior``: any family config, e.g. a gated PixelCNN) is built for the
 latents as data (:meth:`LatentAutoencoder.latent_info`) and trained, unchanged, on ``z(x)`` of each
-training batch (encoded without gradients; the first stage stays frozen). Like VQ-VAE + PixelCNN
-(van den Oord et al. 2017, Sec. 4.2) and taming's / latent-diffusion's ``first_stage_config``, in one run.
+training batch (the first stage stays frozen). Like VQ-VAE + PixelCNN (van den Oord et al. 2017,
+Sec. 4.2) and taming's / latent-diffusion's ``first_stage_config``, in one run.
+
+Two ways to ask for one: ``genlab-train +stage1=<run dir> model=<any prior>`` (the builders wrap the
+run's model in this family, :class:`~genlab.data.latents.LatentPrior`), or a model config that names
+both (``model=latent_pixelcnn model.stage1=<run dir>``). A prior must model the latents as data and
+have a likelihood of them (the bound needs ``log P_prior(z)``); others are refused, naming the ones
+that can.
+
+Latents: each split is encoded once and cached on disk under a hash of the stage-1 checkpoint
+(:mod:`genlab.data.latents`); training and evaluation batches find their latents there by content
+(``nets["latents"]``, filled on first use); images in no cached split are encoded on the fly.
 
 Likelihood, on the ORIGINAL discrete data (kind ``bound``): ``z(x)`` is one term of
 ``p(x) = sum_z P_prior(z) p(x | z)``, so::
@@ -21,6 +31,7 @@ prior's objective.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -28,9 +39,15 @@ from torch import Tensor
 
 from genlab.checkpoints import CheckpointError
 from genlab.data.base import DataError, DataInfo
+from genlab.data.latents import LatentCache, LatentCacheWarning, LatentPrior, LatentTable, state_digest
 from genlab.families.base import Family, IncompatibleConfigError, LatentAutoencoder, Likelihood, LossOutput, Nets
 from genlab.families.latent.stage1 import TRAIN_HINT, Frozen, Stage1, load_stage1, mismatch
 from genlab.metrics.likelihood import LN2, LogLikelihood, NLLKind
+
+
+def describe(latent: DataInfo) -> str:
+    """``"mnist_vq64: image data of shape (1, 7, 7) with 64 levels"``: what the latents are, for messages."""
+    return f"{latent.name}: {latent.kind} data of shape {tuple(latent.shape)} with {latent.levels} levels"
 
 
 def parts_summary(n: int, sums: dict[str, float], dims: int) -> dict[str, float]:
@@ -39,11 +56,11 @@ def parts_summary(n: int, sums: dict[str, float], dims: int) -> dict[str, float]
     return {**out, **{k.replace("_nats", "_bpd"): v / (dims * LN2) for k, v in out.items()}}
 
 
-class TwoStage(Family, Likelihood):
+class TwoStage(Family, Likelihood, LatentPrior):
     """A prior family over a frozen first stage's latents (module docstring).
 
     Args:
-        prior: the prior family (any family that can model the latents as data).
+        prior: the prior family (any family that can model the latents as data and has a likelihood).
         stage1: the first stage: a run directory or checkpoint path (loaded when the family is checked
             or built), or a loaded :class:`Stage1`; None is refused with the fix.
         objective: the prior's training objective (the ``loss`` group); None keeps the prior's own.
@@ -52,12 +69,35 @@ class TwoStage(Family, Likelihood):
     name = "two_stage"
     compare_rank = 30
     nll_kind = "bound"
+    #: where the splits' latents are cached (:meth:`use_latent_cache`); None: every batch is encoded
+    latent_cache: LatentCache | None = None
 
     def __init__(self, prior: Family, stage1: str | Stage1 | None = None, objective: Any = None) -> None:
-        super().__init__(objective)
+        super().__init__(objective if objective is not None else prior.objective)
         if objective is not None:
             prior.objective = objective
         self.prior, self.stage1 = prior, stage1
+
+    # -- LatentPrior -----------------------------------------------------------------------------
+    @classmethod
+    def over(cls, prior: Family, stage1: str) -> TwoStage:
+        return cls(prior, stage1)
+
+    def with_prior(self, prior: Family) -> TwoStage:
+        return type(self)(prior, self.loaded())
+
+    def check_prior(self) -> str | None:
+        """Why :attr:`prior` cannot be the prior: it cannot model the latents, or has no likelihood of them."""
+        latent = self.latent_info()
+        if reason := self.prior.check_data(latent):
+            return f"the prior cannot model the first stage's latents ({describe(latent)}): {reason}"
+        if self.prior.likelihood_kind(latent) == "none":
+            return (f"the prior ({self.prior.name}) has no likelihood of the latents, and the composed bound "
+                    "-log p(x|z) - log P_prior(z) needs the prior's log P(z)")
+        return None
+
+    def use_latent_cache(self, cache: LatentCache) -> None:
+        self.latent_cache = cache
 
     # -- the first stage -------------------------------------------------------------------------
     def loaded(self) -> Stage1:
@@ -87,11 +127,7 @@ class TwoStage(Family, Likelihood):
             stage = self.loaded()
         except (DataError, CheckpointError, IncompatibleConfigError) as err:
             return str(err)
-        if reason := mismatch(stage, info):
-            return reason
-        if reason := self.prior.check_data(self.latent_info()):
-            return f"the prior cannot model the first stage's latents {self.latent_info()}: {reason}"
-        return None
+        return mismatch(stage, info) or self.check_prior()
 
     def likelihood_kind(self, info: DataInfo) -> NLLKind:
         kind = self.prior.likelihood_kind(self.latent_info())
@@ -103,7 +139,8 @@ class TwoStage(Family, Likelihood):
         stage = self.loaded()
         if reason := mismatch(stage, info):
             raise DataError(reason)
-        return Nets(info, {"stage1": Frozen(stage.nets), "prior": self.prior.build(self.latent_info())})
+        return Nets(info, {"stage1": Frozen(stage.nets), "prior": self.prior.build(self.latent_info()),
+                           "latents": LatentTable()})
 
     def param_groups(self, nets: Nets) -> dict[str, Any]:
         return self.prior.param_groups(nets["prior"])
@@ -114,10 +151,48 @@ class TwoStage(Family, Likelihood):
     def diverged(self, out: LossOutput) -> str | None:
         return self.prior.diverged(out)
 
+    @torch.no_grad()
+    def encode(self, nets: Nets, x: Tensor) -> Tensor:
+        """``z(x)`` computed now by the first stage's encoder, no gradients."""
+        return self.coder().encode_latents(nets["stage1"].nets, x)
+
+    @torch.no_grad()
     def latents(self, nets: Nets, x: Tensor) -> Tensor:
-        """``z(x)``: the first stage's latents of discrete ``x``, no gradients."""
-        with torch.no_grad():
-            return self.coder().encode_latents(nets["stage1"].nets, x)
+        """``z(x)``: the cached latents of the images of ``x`` that have them (:meth:`latent_table`), the
+        others encoded now; no gradients."""
+        table = self.latent_table(nets, x.device)
+        if table is None:
+            return self.encode(nets, x)
+        z, hit = table.lookup(x)
+        if bool(hit.all()):
+            return z
+        z = z.clone()
+        z[~hit] = self.encode(nets, x[~hit]).to(z.dtype)
+        return z
+
+    def latent_table(self, nets: Nets, device: torch.device) -> LatentTable | None:
+        """The run's table of cached latents, filled on first use from :attr:`latent_cache` (every split
+        read from disk, or encoded once on ``device`` and written); None without a cache."""
+        table = nets["latents"] if "latents" in nets else None
+        if table is None or self.latent_cache is None:
+            return None
+        if not table.ready:
+            keys, codes = self.latent_cache.load(self.cache_key(nets), lambda xb: self.encode(nets, xb.to(device)),
+                                                 self.latent_info())
+            table.fill(keys.to(device), codes.to(device))
+        return table
+
+    def cache_key(self, nets: Nets) -> str | None:
+        """The first stage's cache key (:attr:`Stage1.digest`) while ``nets`` hold that checkpoint's weights;
+        None (latents encoded in memory, nothing read or written) with a warning where they do not: a
+        two-stage checkpoint keeps the stage-1 weights it was trained with, and the file may have changed."""
+        stage = self.loaded()
+        if stage.digest is None or state_digest(nets["stage1"].nets) == stage.weights:
+            return stage.digest
+        warnings.warn(f"the first stage's weights in this model are not those of {stage.source} (the file changed "
+                      "after this model was trained): its latents are encoded in memory, not read from or written "
+                      "to the cache of that file", LatentCacheWarning, stacklevel=2)
+        return None
 
     def loss(self, nets: Nets, batch: dict[str, Tensor], **kwargs: Any) -> LossOutput:
         """The prior's objective on the batch's latents (``kwargs``: the prior's param group, if it has several)."""

@@ -10,10 +10,11 @@ from pathlib import Path
 from torch import nn
 
 from genlab.data.base import DataInfo
+from genlab.data.latents import checkpoint_digest, state_digest
 from genlab.families.base import Family, IncompatibleConfigError, LatentAutoencoder, Nets, able
 
 TRAIN_HINT = ("train one first (e.g. genlab-train model=vqvae dataset=<the same data>) and pass "
-              "model.stage1=<its run dir>")
+              "+stage1=<its run dir> model=<a prior, e.g. pixelcnn>")
 
 
 class Frozen(nn.Module):
@@ -32,11 +33,16 @@ class Frozen(nn.Module):
 
 @dataclass
 class Stage1:
-    """A loaded first stage: its family (a :class:`LatentAutoencoder`), its nets, and where it came from."""
+    """A loaded first stage: its family (a :class:`LatentAutoencoder`), its nets, where it came from, and
+    ``digest``: the key of its cached latents (the checkpoint file's SHA-256, 16 hex digits; None: not
+    from a file, its latents are not cached on disk), and ``weights``: the :func:`state_digest` of the
+    nets that file holds (the cache is only used while the nets still hold them)."""
 
     family: Family
     nets: Nets
     source: str = "<given>"
+    digest: str | None = None
+    weights: str | None = None
 
 
 def checkpoint_of(source: str | Path) -> Path:
@@ -46,13 +52,13 @@ def checkpoint_of(source: str | Path) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise IncompatibleConfigError(f"model.stage1={source} does not exist. Fix: {TRAIN_HINT}")
+        raise IncompatibleConfigError(f"the first stage {source} (+stage1 / model.stage1) does not exist. Fix: {TRAIN_HINT}")
     results = path / "results.json"
     named = json.loads(results.read_text()).get("checkpoint") if results.is_file() else None
     for ckpt in (named, path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"):
         if ckpt and Path(ckpt).is_file():
             return Path(ckpt)
-    raise IncompatibleConfigError(f"model.stage1={source} holds no checkpoint (no checkpoints/best.ckpt or last.ckpt). "
+    raise IncompatibleConfigError(f"the first stage {source} (+stage1 / model.stage1) holds no checkpoint (no checkpoints/best.ckpt or last.ckpt). "
                                   f"Fix: pass a finished run's directory, or {TRAIN_HINT}")
 
 
@@ -65,9 +71,10 @@ def load_stage1(source: str | Path) -> Stage1:
     module, _ = load_run(str(ckpt))
     if not isinstance(module.family, LatentAutoencoder):
         raise IncompatibleConfigError(
-            f"model.stage1={source} is a {module.family.name} run, which cannot be a first stage: "
+            f"the first stage {source} (+stage1 / model.stage1) is a {module.family.name} run, which cannot be a first stage: "
             f"{LatentAutoencoder.missing}. Families that can: {able(LatentAutoencoder)}. Fix: {TRAIN_HINT}")
-    return Stage1(module.family, module.nets.eval(), str(ckpt))
+    nets = module.nets.eval()
+    return Stage1(module.family, nets, str(ckpt), checkpoint_digest(ckpt), state_digest(nets))
 
 
 def mismatch(stage: Stage1, info: DataInfo) -> str | None:
