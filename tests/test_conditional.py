@@ -231,3 +231,10 @@ def test_a_guidance_sweep_is_refused_for_a_family_without_guidance(tiny, tmp_pat
     assert main([str(Path(res["path"]).parent), "--guidance", "1,2"]) == 2
     err = capsys.readouterr().err
     assert "has no guidance weight" in err and "diffusion" in err and "flow_matching" in err
+
+
+def test_classify_is_offered_to_conditional_families_with_a_likelihood_only():
+    from genlab.tasks.registry import TASKS
+
+    able = TASKS["classify"].families.split(", ")
+    assert "gan" not in able and {"autoregressive", "vae", "flow", "diffusion", "flow_matching", "ebm"} <= set(able)

@@ -27,8 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from genlab.families.base import Conditional
+from genlab.families.base import Conditional, Likelihood
 from genlab.tasks.base import TaskConfig, TaskContext, TaskError, Unsupported, batches, write_report
+from genlab.tasks.registry import TASKS
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Config(TaskConfig):
 def _check(ctx: TaskContext) -> None:
     if not isinstance(ctx.family, Conditional):
         raise Unsupported.lacking("classify", ctx.family, Conditional)
+    if not isinstance(ctx.family, Likelihood):
+        raise Unsupported.lacking("classify", ctx.family, Likelihood)
     if not ctx.module.conditional:
         raise TaskError(f"the run {ctx.run_dir} is unconditional (p(x), no labels): a generative classifier needs "
                         "p(x | y). Fix: train with +conditional=class, e.g. genlab-train model=... dataset=mnist "
@@ -57,7 +60,8 @@ def log_posterior(ctx: TaskContext, x: Tensor, y: Tensor, seed: int) -> tuple[Te
         if scores is None:
             scores, ll = module.class_log_likelihoods({"x": x, "y": y.to(x.device)}, "test", seed)
             if ll is None or ll.kind == "none":
-                raise Unsupported.lacking("classify", ctx.family, Conditional)
+                raise Unsupported("classify", ctx.family.name, f"it has no likelihood p(x | y) on {ctx.info.name} "
+                                  "data and no classifier head", TASKS["classify"].families)
             scores, source = scores + cond.log_prior(scores.device), ll.kind
     return torch.log_softmax(scores.double(), dim=1).cpu(), source
 

@@ -25,8 +25,12 @@ class Need:
     capability: type
     label: Callable[[type], str] | None = None
     note: str = ""
+    also: tuple[type, ...] = ()  # capabilities a family needs as well (e.g. a likelihood besides a condition)
 
     def families(self) -> str:
+        if self.also:
+            able = [c.name for c in fb.registered() if all(issubclass(c, k) for k in (self.capability, *self.also))]
+            return ", ".join(able) or "none of the registered families"
         names = fb.able(self.capability, self.label)
         return f"{names} ({self.note})" if self.note and self.label is None else names
 
@@ -64,5 +68,6 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          "conditionals), bit-exact round trip; size vs NLL, PNG, gzip, xz", (Need(fb.SequentialCoder),),
          "genlab.tasks.compress"),
     Task("classify", "a class-conditional run as a Bayes classifier p(y|x) ∝ p(x|y) p(y): accuracy, label NLL, "
-         "calibration (ECE, reliability PNG), bits the label is worth", (Need(fb.Conditional),), "genlab.tasks.classify"),
+         "calibration (ECE, reliability PNG), bits the label is worth", (Need(fb.Conditional, also=(fb.Likelihood,)),),
+         "genlab.tasks.classify"),
 ]}
