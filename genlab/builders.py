@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 import genlab.runs  # noqa: F401  (registers the ${genlab_run_id:} resolver of configs/train.yaml)
 from genlab.conditioning import ClassCondition, ConditionError, label_prior
 from genlab.data.base import DataError, DataInfo
-from genlab.data.latents import LatentCache, LatentPrior
-from genlab.families.base import Conditional, Family, IncompatibleConfigError, able, registered
+from genlab.data.latents import LatentCache
+from genlab.families.base import Conditional, Family, IncompatibleConfigError, LatentPrior, able, registered
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def build_family(cfg: DictConfig, datamodule: Any = None) -> Family:
 
 def wrap_prior(cfg: DictConfig, prior: Family) -> Family:
     """``+stage1=<run dir>``: the run's model ``prior`` as the prior over that first stage's latents, in the
-    registered :class:`~genlab.data.latents.LatentPrior` family. A prior that cannot model the latents or
+    registered :class:`~genlab.families.base.LatentPrior` family. A prior that cannot model the latents or
     has no likelihood of them is refused, naming the ``model`` options that can be one."""
     model = choices(cfg).get("model", "?")
     if isinstance(prior, LatentPrior):
@@ -155,11 +155,16 @@ def build_for_user(what: str, make: Callable[[], Any]) -> Any:
             f"of that option (genlab-train --help lists every group and option)") from err
 
 
-def _valid(group: str, accept) -> list[str]:
+def _valid(group: str, accept, context: dict | None = None) -> list[str]:
+    """The options of ``group`` whose instance ``accept`` takes; ``context``: top-level keys their
+    interpolations need (``${seed}``, ``${paths.data_dir}``)."""
     out = []
     for name in group_options(group):
+        node = load_option(group, name)
+        if context is not None:
+            node = OmegaConf.merge(context, {group: node})[group]
         try:
-            if accept(instantiate(load_option(group, name))):
+            if accept(instantiate(node)):
                 out.append(name)
         except Exception:  # an option that cannot be built stand-alone is simply not listed
             continue
@@ -168,15 +173,7 @@ def _valid(group: str, accept) -> list[str]:
 
 def labelled_datasets() -> list[str]:
     """The ``dataset`` options whose data carry class labels (``info.num_classes``), with their defaults."""
-    out = []
-    for name in group_options("dataset"):
-        node = OmegaConf.merge({"seed": 0, "paths": {"data_dir": "data"}}, {"dataset": load_option("dataset", name)})
-        try:
-            if instantiate(node.dataset).info.num_classes:
-                out.append(name)
-        except Exception:  # an option that cannot be built stand-alone (a required path) is not listed
-            continue
-    return out
+    return _valid("dataset", lambda dm: bool(dm.info.num_classes), {"seed": 0, "paths": {"data_dir": "data"}})
 
 
 def check_compatible(family: Family, info: DataInfo, chosen: dict[str, str]) -> None:

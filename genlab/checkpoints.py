@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
 
 
 class CheckpointError(RuntimeError):
@@ -34,8 +35,9 @@ class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
 
 
-def write_checkpoint(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temp file in the same directory, fsync, rename)."""
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: a temporary file in the same directory, fsync, rename.
+    Whatever stops it (a full disk, an interrupt) leaves the previous file whole and no temporary file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -46,8 +48,27 @@ def write_checkpoint(obj: Any, path: str | Path) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as err:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def weights_digest(module: nn.Module) -> bytes:
+    """SHA-256 over a module's weights and buffers (names and raw bytes, in name order): which weights these are."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
+def write_checkpoint(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (:func:`atomic_save`); a failure names the fix."""
+    path = Path(path)
+    try:
+        atomic_save(obj, path)
+    except OSError as err:
         previous = f"the previous {path.name} there is intact" if path.exists() else f"no earlier {path.name} existed"
         raise CheckpointWriteError(
             f"could not write the checkpoint {path} ({_reason(err)}); {previous}. Fix: "

@@ -152,7 +152,7 @@ def guidance_sweep(source: str | Path, weights: list[float], n: int = 1000, seed
     family = module.family
     if not (isinstance(family, Conditional) and family.guidance_key):
         raise ValueError(f"the {family.name} family has no guidance weight to sweep; families with guidance: "
-                         f"{', '.join(c.name for c in _guided())}. Fix: drop --guidance")
+                         f"{', '.join(guided_families())}. Fix: drop --guidance")
     floor, rows = None, []
     for w in weights:
         q = evaluate(source, n, seed=seed, cache_dir=cache_dir, floor=floor,
@@ -167,10 +167,11 @@ def guidance_sweep(source: str | Path, weights: list[float], n: int = 1000, seed
     return out
 
 
-def _guided() -> list[type]:
+def guided_families() -> list[str]:
+    """The registered families with a guidance weight (a :class:`Conditional` ``guidance_key``)."""
     from genlab.families.base import registered
 
-    return [c for c in registered() if issubclass(c, Conditional) and c.guidance_key]
+    return [c.name for c in registered() if issubclass(c, Conditional) and c.guidance_key]
 
 
 def write_sweep(out: dict[str, Any], run_dir: Path) -> None:

@@ -45,9 +45,9 @@ def train(args: argparse.Namespace, families: list[str]) -> None:
 
 def guidance_sweeps(args: argparse.Namespace) -> None:
     """``genlab-eval --guidance`` for every finished run whose family has a guidance weight."""
-    from genlab.families.base import Conditional, registered
+    from genlab.evaluate import guided_families
 
-    guided = {c.name for c in registered() if issubclass(c, Conditional) and c.guidance_key}
+    guided = set(guided_families())
     for results in sorted(Path(args.out).rglob("results.json")):
         r = json.loads(results.read_text())
         if r.get("family") in guided and r.get("status") == "finished":

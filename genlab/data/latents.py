@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -45,8 +43,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from genlab.checkpoints import atomic_save, weights_digest
 from genlab.data.base import DataInfo
-from genlab.families.base import Capability
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +68,7 @@ def checkpoint_digest(path: str | Path, chars: int = 16) -> str:
 
 def state_digest(module: nn.Module) -> str:
     """The SHA-256 (16 hex digits) of a module's weights and buffers, by name: which weights are loaded."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    return weights_digest(module).hex()[:16]
 
 
 @lru_cache(maxsize=8)
@@ -216,40 +210,6 @@ def misfit(stored: Any, keys: Tensor, latent: DataInfo) -> str | None:
 
 
 def write_atomic(path: Path, obj: Any) -> None:
-    """``torch.save(obj)`` to ``path`` through a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class LatentPrior(Capability):
-    """A family that models the data through a trained first stage's latents with any prior family
-    (``+stage1=<run dir> model=<prior>``): :func:`genlab.builders.build_family` finds the registered
-    family with this capability and wraps the run's model in it. (A capability of the family contract;
-    it lives beside the latents cache that it uses.)"""
-
-    missing = "it is not a prior over a first stage's latents"
-
-    @classmethod
-    def over(cls, prior: Any, stage1: str) -> LatentPrior:
-        """The composed family: ``prior`` over the first stage trained in ``stage1`` (a run dir or checkpoint)."""
-        raise NotImplementedError
-
-    def with_prior(self, prior: Any) -> LatentPrior:
-        """The same first stage with another prior (to ask which priors fit)."""
-        raise NotImplementedError
-
-    def check_prior(self) -> str | None:
-        """Why the prior cannot be one over these latents (it cannot model them, or has no likelihood of
-        them for the composed bound), or None."""
-        raise NotImplementedError
-
-    def use_latent_cache(self, cache: LatentCache) -> None:
-        """Serve the prior's training latents from ``cache`` (set by the builders, like a condition)."""
-        raise NotImplementedError
+    """``torch.save(obj)`` to ``path`` through a temporary file in the same directory and a rename
+    (:func:`genlab.checkpoints.atomic_save`)."""
+    atomic_save(obj, path)

@@ -421,3 +421,30 @@ class Conditional(Capability):
         if y is None:
             return cond.sample_labels(n, device)
         return cond.check(y, n, allow_null=True).to(device)
+
+
+class LatentPrior(Capability):
+    """A family that models the data through a trained first stage's latents with any prior family
+    (``+stage1=<run dir> model=<prior>``): :func:`genlab.builders.build_family` finds the registered
+    family with this capability and wraps the run's model in it; its latents come from a
+    :class:`genlab.data.latents.LatentCache`."""
+
+    missing = "it is not a prior over a first stage's latents"
+
+    @classmethod
+    def over(cls, prior: Any, stage1: str) -> LatentPrior:
+        """The composed family: ``prior`` over the first stage trained in ``stage1`` (a run dir or checkpoint)."""
+        raise NotImplementedError
+
+    def with_prior(self, prior: Any) -> LatentPrior:
+        """The same first stage with another prior (to ask which priors fit)."""
+        raise NotImplementedError
+
+    def check_prior(self) -> str | None:
+        """Why the prior cannot be one over these latents (it cannot model them, or has no likelihood of
+        them for the composed bound), or None."""
+        raise NotImplementedError
+
+    def use_latent_cache(self, cache: Any) -> None:
+        """Serve the prior's training latents from ``cache`` (set by the builders, like a condition)."""
+        raise NotImplementedError

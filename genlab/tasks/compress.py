@@ -37,7 +37,6 @@ Writes ``images.rans`` (``text.rans`` for text), ``compress.json`` and ``compres
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import lzma
 import math
@@ -52,6 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from genlab.checkpoints import weights_digest
 from genlab.families.base import Nets, SequentialCoder
 from genlab.tasks import rans
 from genlab.tasks.base import TaskConfig, TaskContext, TaskError, Unsupported, batches, write_report
@@ -140,11 +140,7 @@ class Header:
 
 def fingerprint(nets: nn.Module) -> bytes:
     """8 bytes of SHA-256 over the weights (names and raw bytes): a file decodes only with these."""
-    h = hashlib.sha256()
-    for name, t in sorted(nets.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.digest()[:8]
+    return weights_digest(nets)[:8]
 
 
 # -- the coding loop shared by encoder and decoder ------------------------------------------------

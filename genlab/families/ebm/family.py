@@ -216,13 +216,9 @@ class EBM(Family, Likelihood, EnergyScorer, Inpainter, Conditional):
     def condition_labels(self, n: int, y: Tensor | None, device: Any, default: bool = False) -> Tensor | None:
         """``(n,)`` labels of a conditional EBM: ``y`` checked, or (None) drawn from the prior (``default``:
         the null label, the marginal, instead); None for an unconditional EBM, which refuses a ``y``."""
-        if self.condition is None:
-            if y is not None:
-                raise ValueError(UNCONDITIONAL)
-            return None
-        if y is None and default:
-            return torch.full((n,), self.condition.null_label, dtype=torch.long, device=device)
-        return self.sampling_labels(n, y, device)
+        if y is None and default and self.condition is not None:  # the null label: E(x) = -logsumexp_y f(x)[y]
+            y = torch.full((n,), self.condition.null_label, dtype=torch.long, device=device)
+        return self.method_labels(n, y, device, sampling=True)
 
     # -- contract --------------------------------------------------------------------
     def loss(self, nets: Nets, batch: dict[str, Tensor]) -> LossOutput:

@@ -296,14 +296,9 @@ class GAN(Family, Conditional):
     def condition_labels(self, n: int, y: Tensor | int | None, device: Any) -> Tensor | None:
         """``(n,)`` labels for a conditional GAN: ``y`` checked (the null label allowed), one class
         ``y`` for all, or (None) drawn from the prior; None for an unconditional GAN, which refuses a ``y``."""
-        if self.condition is None:
-            if y is not None:
-                raise ValueError("this model is unconditional (trained without +conditional=class) and takes no "
-                                 "labels y=; sample without y, or train with +conditional=class")
-            return None
         if isinstance(y, int):
             y = torch.full((n,), y, dtype=torch.long)
-        return self.sampling_labels(n, y, device)
+        return self.method_labels(n, y, device, sampling=True)
 
     def by_class(self, labels: Tensor | None, n: int, draw: Callable[[int | None, int], Tensor]) -> Tensor:
         """``n`` rows from ``draw(label, k)`` called once per class of ``labels`` (``k``: its count; in

@@ -9,7 +9,7 @@ training batch (the first stage stays frozen). Like VQ-VAE + PixelCNN (van den O
 Sec. 4.2) and taming's / latent-diffusion's ``first_stage_config``, in one run.
 
 Two ways to ask for one: ``genlab-train +stage1=<run dir> model=<any prior>`` (the builders wrap the
-run's model in this family, :class:`~genlab.data.latents.LatentPrior`), or a model config that names
+run's model in this family, :class:`~genlab.families.base.LatentPrior`), or a model config that names
 both (``model=latent_pixelcnn model.stage1=<run dir>``). A prior must model the latents as data and
 have a likelihood of them (the bound needs ``log P_prior(z)``); others are refused, naming the ones
 that can.
@@ -39,8 +39,9 @@ from torch import Tensor
 
 from genlab.checkpoints import CheckpointError
 from genlab.data.base import DataError, DataInfo
-from genlab.data.latents import LatentCache, LatentCacheWarning, LatentPrior, LatentTable, state_digest
-from genlab.families.base import Family, IncompatibleConfigError, LatentAutoencoder, Likelihood, LossOutput, Nets
+from genlab.data.latents import LatentCache, LatentCacheWarning, LatentTable, state_digest
+from genlab.families.base import (Family, IncompatibleConfigError, LatentAutoencoder, LatentPrior, Likelihood, LossOutput,
+                                  Nets)
 from genlab.families.latent.stage1 import TRAIN_HINT, Frozen, Stage1, load_stage1, mismatch
 from genlab.metrics.likelihood import LN2, LogLikelihood, NLLKind
 
