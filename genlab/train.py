@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue
 
-from genlab import interrupt, quiet, runs
+from genlab import interrupt, pipeline, quiet, runs
 from genlab.builders import (CONFIG_DIR, build_callbacks_and_loggers, build_family, build_for_user, build_scheduler,
                              check_compatible, choices, sweep_group)
 from genlab.callbacks.guard import RunGuard
@@ -35,7 +35,7 @@ from genlab.results import RunOutcome, build_results, write_results
 from genlab.runs import OutputDirError
 
 USER_ERRORS = (DataError, IncompatibleConfigError, CheckpointError, OutputDirError)  # exit 2: fix the command
-RUN_ERRORS = (TrainingDivergedError, CheckpointWriteError)  # exit 1: the run failed; a record is kept
+RUN_ERRORS = (TrainingDivergedError, CheckpointWriteError, pipeline.FirstStageError)  # exit 1: the run failed; a record is kept
 
 
 def _fit_test_sample(cfg: DictConfig, module: GenerativeModule, trainer: L.Trainer, dm: Any, timings: dict,
@@ -186,10 +186,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, train, test, sample; return the results dict. A finished run
     already in the output dir is skipped, an unfinished one resumed (:func:`prepare`)."""
     quiet.install()
+    first_stage = pipeline.plan(cfg)  # a two-stage run in one command: the stage-1 dir is part of the config
     run_config, previous, read = prepare(cfg)
     if previous.action == "skip":
         print(f"{cfg.paths.output_dir} already holds this finished run (same config): skipped", flush=True)
         return {**previous.results, "path": str(Path(cfg.paths.output_dir) / "results.json")}
+    if first_stage is not None:
+        pipeline.train_first_stage(cfg, first_stage)
     chosen = start(cfg)
     module, datamodule, trainer, guard = build_run(cfg, run_config, chosen, read)
     timings: dict[str, float] = {}

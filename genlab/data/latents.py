@@ -96,13 +96,20 @@ def content_keys(x: Tensor) -> Tensor:
 
 class LatentTable(nn.Module):
     """The cached latents of a run, sorted by content key: ``lookup(x)`` finds them for a batch.
-    Buffers are non-persistent (derived data: never in checkpoints); ``ready`` once filled."""
+    Derived data: plain tensors, not buffers (never in checkpoints, and not averaged or swapped by weight
+    averaging such as an EMA callback), moved with the module (``.to(device)``); ``ready`` once filled."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("keys", torch.empty(0, dtype=torch.long), persistent=False)
-        self.register_buffer("codes", torch.empty(0, dtype=torch.long), persistent=False)
+        self.keys, self.codes = torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
         self.ready = False
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> LatentTable:
+        """Device moves apply to the table too (dtype casts do not: its keys and codes keep their types)."""
+        super()._apply(fn, recurse)
+        moved = fn(torch.empty(0))
+        self.keys, self.codes = self.keys.to(moved.device), self.codes.to(moved.device)
+        return self
 
     def fill(self, keys: Tensor, codes: Tensor) -> None:
         """Hold ``codes`` ``(N, ...)`` under ``keys`` ``(N,)`` (duplicates kept once), on ``keys``' device."""
@@ -119,6 +126,31 @@ class LatentTable(nn.Module):
             return self.codes.new_zeros((len(q), *self.codes.shape[1:])), torch.zeros_like(q, dtype=torch.bool)
         pos = torch.searchsorted(self.keys, q).clamp(max=len(self.keys) - 1)
         return self.codes[pos], self.keys[pos] == q
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """What is cached per image: integer codes of ``shape`` in ``0..levels-1`` (the latents themselves),
+    or with ``levels`` None float posterior parameters of ``shape`` (a stochastic encoder's)."""
+
+    name: str
+    shape: tuple[int, ...]
+    levels: int | None
+
+    @classmethod
+    def of(cls, latent: DataInfo, encoding_shape: tuple[int, ...] | None = None) -> Encoding:
+        """The latents of ``latent`` (``encoding_shape`` None), or posterior parameters of that shape."""
+        if encoding_shape is None:
+            return cls(latent.name, tuple(latent.shape), latent.levels)
+        return cls(latent.name, tuple(encoding_shape), None)
+
+    def empty(self) -> Tensor:
+        return torch.empty(0, *self.shape, dtype=torch.long if self.levels is not None else torch.float32)
+
+
+def as_encoding(latent: Encoding | DataInfo) -> Encoding:
+    """``latent`` as an :class:`Encoding` (a :class:`DataInfo`: its integer codes)."""
+    return latent if isinstance(latent, Encoding) else Encoding.of(latent)
 
 
 @dataclass
@@ -148,16 +180,19 @@ class LatentCache:
         """``<root>/<key>/<dataset>_<split>.pt``, or None without a root."""
         return None if self.root is None else self.root / key / f"{self.dataset}_{split}.pt"
 
-    def load(self, key: str | None, encode: Callable[[Tensor], Tensor], latent: DataInfo) -> tuple[Tensor, Tensor]:
+    def load(self, key: str | None, encode: Callable[[Tensor], Tensor],
+             latent: Encoding | DataInfo) -> tuple[Tensor, Tensor]:
         """``(keys, codes)`` of every split: read from the cache under the stage-1 ``key``, else encoded
-        with ``encode`` (a batch of images -> their latents) and written. ``key`` None: never cached."""
+        with ``encode`` (a batch of images -> their encodings, :class:`Encoding`) and written. ``key``
+        None: never cached."""
+        latent = as_encoding(latent)
         parts = [self.split_latents(split, x, key, encode, latent) for split, x in self.splits.items()]
         if not parts:
-            return torch.empty(0, dtype=torch.long), torch.empty(0, *latent.shape, dtype=torch.long)
+            return torch.empty(0, dtype=torch.long), latent.empty()
         return torch.cat([k for k, _ in parts]), torch.cat([c for _, c in parts])
 
     def split_latents(self, split: str, x: Tensor, key: str | None, encode: Callable[[Tensor], Tensor],
-                      latent: DataInfo) -> tuple[Tensor, Tensor]:
+                      latent: Encoding) -> tuple[Tensor, Tensor]:
         """``(content keys, latents)`` of one split, from its file where that is valid."""
         keys = content_keys(x)
         path = self.path(key, split) if key is not None else None
@@ -166,8 +201,7 @@ class LatentCache:
             if codes is not None:
                 log.info("latents of %s %s: read from %s", self.dataset, split, path)
                 return keys, codes
-        codes = torch.cat([encode(xb).cpu() for xb in x.split(self.batch_size)]) if len(x) else \
-            torch.empty(0, *latent.shape, dtype=torch.long)
+        codes = torch.cat([encode(xb).cpu() for xb in x.split(self.batch_size)]) if len(x) else latent.empty()
         if path is not None:
             write_atomic(path, {"format": FORMAT, "dataset": self.dataset, "split": split, "latent": latent.name,
                                 "keys": keys, "codes": codes})
@@ -176,7 +210,7 @@ class LatentCache:
         return keys, codes
 
 
-def read_latents(path: Path, keys: Tensor, latent: DataInfo) -> Tensor | None:
+def read_latents(path: Path, keys: Tensor, latent: Encoding) -> Tensor | None:
     """The latents stored at ``path`` if the file is readable and fits the split (same content keys in
     the same order, latents of ``latent``'s shape and levels); else None, with a warning."""
     try:
@@ -193,8 +227,9 @@ def read_latents(path: Path, keys: Tensor, latent: DataInfo) -> Tensor | None:
     return stored["codes"]
 
 
-def misfit(stored: Any, keys: Tensor, latent: DataInfo) -> str | None:
+def misfit(stored: Any, keys: Tensor, latent: Encoding | DataInfo) -> str | None:
     """Why a loaded cache file cannot serve the split with content ``keys``, or None."""
+    latent = as_encoding(latent)
     if not isinstance(stored, dict) or stored.get("format") != FORMAT:
         return f"not a genlab latents file of format {FORMAT}"
     codes, stored_keys = stored.get("codes"), stored.get("keys")
@@ -204,6 +239,9 @@ def misfit(stored: Any, keys: Tensor, latent: DataInfo) -> str | None:
         return "its images are not this split's (the dataset or its split changed)"
     if tuple(codes.shape) != (len(keys), *latent.shape):
         return f"latents of shape {tuple(codes.shape)}, expected {(len(keys), *latent.shape)}"
+    if latent.levels is None:
+        return None if codes.is_floating_point() and bool(codes.isfinite().all()) else \
+            "encodings that are not finite floats (posterior parameters)"
     if codes.is_floating_point() or (len(codes) and (int(codes.min()) < 0 or int(codes.max()) >= latent.levels)):
         return f"latents that are not integer codes in 0..{latent.levels - 1}"
     return None

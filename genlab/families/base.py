@@ -337,22 +337,38 @@ class EnergyScorer(Capability):
 
 
 class LatentAutoencoder(Capability):
-    """The first stage of a two-stage model: a deterministic encoder of the data to latents that are
-    discrete data themselves (:meth:`latent_info`: e.g. a ``(1, h, w)`` grid of codes with ``K``
-    levels), and a decoder with an explicit discrete likelihood ``log p(x | z)``. Any family that can
-    model the latents is a prior over them, and the pair has the bound
-    ``log p(x) >= log p(x | z(x)) + log P_prior(z(x))`` (one term of ``sum_z P(z) p(x | z)``)."""
+    """The first stage of a two-stage model: an encoder of the data to latents that are discrete data
+    themselves (:meth:`latent_info`: e.g. a ``(1, h, w)`` grid of codes with ``K`` levels, or a
+    continuous posterior's draws binned to a fine grid), and a decoder with an explicit discrete
+    likelihood ``log p(x | z)``. Any family that can model the latents is a prior over them, and the pair
+    has the bound ``log p(x) >= E_q(z|x) [log p(x | z) + log P_prior(z) - log q(z | x)]``: for a
+    deterministic encoder (a VQ-VAE) ``q`` is a point mass, ``log q = 0``, and the bound is one term of
+    ``sum_z P(z) p(x | z)``.
 
-    missing = ("a two-stage model needs a first stage with a deterministic encoder to discrete latents and an "
-               "explicit decoder likelihood p(x | z) (a VQ-VAE)")
+    ``encode_latents`` gives what is cached per image (:meth:`encoding_shape`: the codes themselves, or
+    a stochastic encoder's posterior parameters), :meth:`draw_latents` a draw ``z ~ q(z | x)`` from it."""
+
+    missing = ("a two-stage model needs a first stage with an encoder to latents (discrete codes, or a posterior "
+               "binned to a grid) and an explicit decoder likelihood p(x | z) (a VQ-VAE, a VAE)")
 
     def latent_info(self, nets: Nets) -> DataInfo:
         """What the latents are, as data: kind, shape, levels (the prior is built for it)."""
         raise NotImplementedError
 
+    def encoding_shape(self, nets: Nets) -> tuple[int, ...] | None:
+        """The shape of one example's :meth:`encode_latents` when it is float posterior parameters; None
+        (the default): the encoding is the latents themselves (integer codes of :meth:`latent_info`)."""
+        return None
+
     def encode_latents(self, nets: Nets, x: Tensor) -> Tensor:
-        """Discrete ``x`` ``(B, *shape)`` -> latents ``(B, *latent_info.shape)`` in their discrete form."""
+        """Discrete ``x`` ``(B, *shape)`` -> the encoding: latents ``(B, *latent_info.shape)`` in their
+        discrete form, or posterior parameters ``(B, *encoding_shape)``; deterministic."""
         raise NotImplementedError
+
+    def draw_latents(self, nets: Nets, encoding: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log q(z | x))``: a draw of the discrete latents from the encoding of ``x`` and its log-mass
+        in nats ``(B,)``. The default (a deterministic encoder): the encoding itself, ``log q = 0``."""
+        return encoding, torch.zeros(len(encoding), dtype=torch.float64, device=encoding.device)
 
     def latent_log_likelihood(self, nets: Nets, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x | z)`` in nats per example ``(B,)``."""

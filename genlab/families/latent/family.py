@@ -39,7 +39,7 @@ from torch import Tensor
 
 from genlab.checkpoints import CheckpointError
 from genlab.data.base import DataError, DataInfo
-from genlab.data.latents import LatentCache, LatentCacheWarning, LatentTable, state_digest
+from genlab.data.latents import Encoding, LatentCache, LatentCacheWarning, LatentTable, state_digest
 from genlab.families.base import (Family, IncompatibleConfigError, LatentAutoencoder, LatentPrior, Likelihood, LossOutput,
                                   Nets)
 from genlab.families.latent.stage1 import TRAIN_HINT, Frozen, Stage1, load_stage1, mismatch
@@ -158,8 +158,15 @@ class TwoStage(Family, Likelihood, LatentPrior):
         return self.coder().encode_latents(nets["stage1"].nets, x)
 
     @torch.no_grad()
+    def draw(self, nets: Nets, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, log q(z | x))``: latents of ``x`` drawn from the first stage's posterior (for a deterministic
+        encoder: ``z(x)`` and 0), from the cached encodings (:meth:`latents`)."""
+        return self.coder().draw_latents(nets["stage1"].nets, self.latents(nets, x))
+
+    @torch.no_grad()
     def latents(self, nets: Nets, x: Tensor) -> Tensor:
-        """``z(x)``: the cached latents of the images of ``x`` that have them (:meth:`latent_table`), the
+        """The first stage's encodings of ``x`` (its latents, or a stochastic encoder's posterior
+        parameters): cached for the images of ``x`` that have them (:meth:`latent_table`), the
         others encoded now; no gradients."""
         table = self.latent_table(nets, x.device)
         if table is None:
@@ -178,8 +185,9 @@ class TwoStage(Family, Likelihood, LatentPrior):
         if table is None or self.latent_cache is None:
             return None
         if not table.ready:
-            keys, codes = self.latent_cache.load(self.cache_key(nets), lambda xb: self.encode(nets, xb.to(device)),
-                                                 self.latent_info())
+            stage = self.loaded()
+            spec = Encoding.of(self.latent_info(), stage.family.encoding_shape(stage.nets))  # type: ignore[attr-defined]
+            keys, codes = self.latent_cache.load(self.cache_key(nets), lambda xb: self.encode(nets, xb.to(device)), spec)
             table.fill(keys.to(device), codes.to(device))
         return table
 
@@ -197,28 +205,36 @@ class TwoStage(Family, Likelihood, LatentPrior):
 
     def loss(self, nets: Nets, batch: dict[str, Tensor], **kwargs: Any) -> LossOutput:
         """The prior's objective on the batch's latents (``kwargs``: the prior's param group, if it has several)."""
-        return self.prior.loss(nets["prior"], {"x": self.latents(nets, batch["x"])}, **kwargs)
+        return self.prior.loss(nets["prior"], {"x": self.draw(nets, batch["x"])[0]}, **kwargs)
 
     @torch.no_grad()
     def log_likelihood(self, nets: Nets, batch: dict[str, Tensor], stage: str = "test") -> LogLikelihood | None:
         """``log p(x | z(x)) + log P_prior(z(x))`` (module docstring); None where the prior has no likelihood."""
         x = batch["x"]
-        z = self.latents(nets, x)
+        z, log_q = self.draw(nets, x)
         prior = self.prior.log_likelihood(nets["prior"], {"x": z}, stage=stage) \
             if isinstance(self.prior, Likelihood) else None
         if prior is None:
             return None
         recon = self.coder().latent_log_likelihood(nets["stage1"].nets, x, z).double()
         prior_ll = prior.log_px.double()
-        extras = {"recon_nats": -recon, "prior_nats": -prior_ll,
+        extras = {"recon_nats": -recon, "prior_nats": -prior_ll, "prior_nll_sq": prior_ll ** 2,
                   **{f"prior_{k}": v for k, v in prior.extras.items()}}
+        if self.stochastic():  # the bits the posterior's spread gives back: bound = recon + prior - bitsback
+            extras["bitsback_nats"] = -log_q.double()
         kind = "estimate" if prior.kind == "estimate" else "bound"
-        return LogLikelihood(recon + prior_ll, kind, extras)
+        return LogLikelihood(recon + prior_ll - log_q.double(), kind, extras)
+
+    def stochastic(self) -> bool:
+        """Whether the first stage's encoder is stochastic (its cache holds posterior parameters)."""
+        stage = self.loaded()
+        return stage.family.encoding_shape(stage.nets) is not None  # type: ignore[attr-defined]
 
     def summarize_likelihood(self, nets: Nets, n: int, sums: dict[str, float]) -> dict[str, float]:
         """Both parts in nats and bits per data dimension, and the prior's own statistics (``prior_*``)."""
-        own = {k: v for k, v in sums.items() if k in ("recon_nats", "prior_nats")}
+        own = {k: v for k, v in sums.items() if k in ("recon_nats", "prior_nats", "bitsback_nats")}
         theirs = {k.removeprefix("prior_"): v for k, v in sums.items() if k.startswith("prior_") and k not in own}
+        theirs["nll"] = sums.get("prior_nats", 0.0)  # the prior's own NLL sums, as its summary expects them
         stats = parts_summary(n, own, nets.info.dims)
         if isinstance(self.prior, Likelihood):
             prior = self.prior.summarize_likelihood(nets["prior"], n, theirs)

@@ -71,7 +71,7 @@ def load_stage1(source: str | Path) -> Stage1:
     module, _ = load_run(str(ckpt))
     if not isinstance(module.family, LatentAutoencoder):
         raise IncompatibleConfigError(
-            f"the first stage {source} (+stage1 / model.stage1) is a {module.family.name} run, which cannot be a first stage: "
+            f"the first stage {source} (+stage1 / model.stage1) is a run of the {module.family.name} family, which cannot be a first stage: "
             f"{LatentAutoencoder.missing}. Families that can: {able(LatentAutoencoder)}. Fix: {TRAIN_HINT}")
     nets = module.nets.eval()
     return Stage1(module.family, nets, str(ckpt), checkpoint_digest(ckpt), state_digest(nets))
