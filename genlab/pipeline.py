@@ -119,8 +119,9 @@ def train_first_stage(cfg: DictConfig, out: Path) -> None:
             raise interrupt.RunInterrupted(signum, f"while training the first stage in {out} (to resume it: {again})")
     if code != 0:
         raise FirstStageError(
-            f"the first stage in {out} did not finish (exit code {code}; its results.json says why): the prior was not "
-            f"trained. Fix: correct what {out / 'results.json'} names, then {again} (a finished first stage is kept, "
+            f"the first stage in {out} did not finish (exit code {code}; its error is printed above, and in "
+            f"{out / 'results.json'} where it got that far): the prior was not trained. Fix: correct the first stage's "
+            f"options (first_stage.overrides) or what its error names, then {again} (a finished first stage is kept, "
             "an interrupted one resumes)")
     print(f"genlab: first stage ready in {out}; training the prior over its latents", flush=True)
 
