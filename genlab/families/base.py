@@ -370,6 +370,15 @@ class LatentAutoencoder(Capability):
         in nats ``(B,)``. The default (a deterministic encoder): the encoding itself, ``log q = 0``."""
         return encoding, torch.zeros(len(encoding), dtype=torch.float64, device=encoding.device)
 
+    def mode_latents(self, nets: Nets, encoding: Tensor) -> Tensor:
+        """The most likely latents of the encoding (a stochastic encoder's posterior mode, binned; the
+        default: the encoding itself): what interpolations start from."""
+        return encoding
+
+    def decode_mean(self, nets: Nets, z: Tensor) -> Tensor:
+        """Latents -> the decoder's mean in LEVEL units ``(B, *shape)``, float (for pictures of latents)."""
+        raise NotImplementedError
+
     def latent_log_likelihood(self, nets: Nets, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x | z)`` in nats per example ``(B,)``."""
         raise NotImplementedError

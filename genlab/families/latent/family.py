@@ -40,8 +40,8 @@ from torch import Tensor
 from genlab.checkpoints import CheckpointError
 from genlab.data.base import DataError, DataInfo
 from genlab.data.latents import Encoding, LatentCache, LatentCacheWarning, LatentTable, state_digest
-from genlab.families.base import (Family, IncompatibleConfigError, LatentAutoencoder, LatentPrior, Likelihood, LossOutput,
-                                  Nets)
+from genlab.families.base import (Encoder, Family, IncompatibleConfigError, LatentAutoencoder, LatentPrior, Likelihood,
+                                  LossOutput, Nets)
 from genlab.families.latent.stage1 import TRAIN_HINT, Frozen, Stage1, load_stage1, mismatch
 from genlab.metrics.likelihood import LN2, LogLikelihood, NLLKind
 
@@ -57,7 +57,7 @@ def parts_summary(n: int, sums: dict[str, float], dims: int) -> dict[str, float]
     return {**out, **{k.replace("_nats", "_bpd"): v / (dims * LN2) for k, v in out.items()}}
 
 
-class TwoStage(Family, Likelihood, LatentPrior):
+class TwoStage(Family, Likelihood, LatentPrior, Encoder):
     """A prior family over a frozen first stage's latents (module docstring).
 
     Args:
@@ -246,3 +246,36 @@ class TwoStage(Family, Likelihood, LatentPrior):
         """``z ~ P_prior`` (with the prior's ``sampler``), decoded: ``x ~ p(x | z)`` in data space."""
         z = self.prior.sample(nets["prior"], n, sampler)
         return self.coder().decode_latents(nets["stage1"].nets, z)
+
+    # -- Encoder: the prior's latent space where it has one, else the first stage's ----------------
+    encoder_kind = "the prior's encoder over the first stage's latents (a prior without one: the first stage's encoder)"
+    latent_paths = ("linear", "slerp")
+
+    @torch.no_grad()
+    def to_latent(self, nets: Nets, x: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
+        """A prior that is an :class:`Encoder` (DDIM / ODE inversion, a flow's bijection): its code of the
+        first stage's most likely latents of ``x``; any other prior: the first stage's own code of ``x``."""
+        stage = nets["stage1"].nets
+        if isinstance(self.prior, Encoder):
+            z = self.coder().mode_latents(stage, self.latents(nets, x))
+            return self.prior.to_latent(nets["prior"], z, steps)
+        return self.first_encoder().to_latent(stage, x, steps)
+
+    @torch.no_grad()
+    def from_latent(self, nets: Nets, z: Tensor, steps: int | None = None, y: Tensor | None = None) -> Tensor:
+        """Codes -> the first stage's decoder mean (level units) of the prior's decoded latents (rounded to
+        the latents' levels), or of the first stage's own code."""
+        stage = nets["stage1"].nets
+        if not isinstance(self.prior, Encoder):
+            return self.first_encoder().from_latent(stage, z, steps)
+        latent = self.latent_info()
+        levels = self.prior.from_latent(nets["prior"], z, steps).round().clamp(0, latent.levels - 1).long()
+        return self.coder().decode_mean(stage, levels.view(-1, *latent.shape))
+
+    def first_encoder(self) -> Encoder:
+        """The first stage as an :class:`Encoder` (refused where it has no encoder and the prior neither)."""
+        coder = self.coder()
+        if not isinstance(coder, Encoder):
+            raise IncompatibleConfigError(f"neither the prior ({self.prior.name}) nor the first stage ({coder.name}) "
+                                          "maps images to latent codes: this two-stage model cannot interpolate")
+        return coder

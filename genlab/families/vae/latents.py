@@ -94,6 +94,14 @@ class KLFirstStage(LatentAutoencoder):
         k = self.bins(mu + (0.5 * logvar).exp() * torch.randn_like(mu))
         return k, log_bin_mass(k, mu, logvar, self.latent_levels, self.latent_range)
 
+    def mode_latents(self, nets: Nets, encoding: Tensor) -> Tensor:
+        """The bins of the posterior means."""
+        return self.bins(encoding.float().chunk(2, dim=-1)[0])
+
+    @torch.no_grad()
+    def decode_mean(self, nets: Nets, z: Tensor) -> Tensor:
+        return self.decoder_mean(nets, self.centres(z))  # type: ignore[attr-defined]
+
     @torch.no_grad()
     def latent_log_likelihood(self, nets: Nets, x: Tensor, z: Tensor) -> Tensor:
         """``log p(x | c(k))`` in nats ``(B,)``."""

@@ -216,6 +216,11 @@ class VQVAE(Family, Likelihood, Encoder, LatentAutoencoder):
         return self.log_px_given_vectors(nets, nets["quantizer"].embed(z[:, 0]), x)
 
     @torch.no_grad()
+    def decode_mean(self, nets: Nets, z: Tensor) -> Tensor:
+        params = self.decoder_params(nets, nets["quantizer"].embed(z[:, 0]))
+        return self.observation_for(nets.info).mean(params, nets.info.levels).view(-1, *nets.info.shape)
+
+    @torch.no_grad()
     def decode_latents(self, nets: Nets, z: Tensor) -> Tensor:
         params = self.decoder_params(nets, nets["quantizer"].embed(z[:, 0]))
         return self.to_data(nets.info, self.observation_for(nets.info).sample(params, nets.info.levels))
