@@ -9,9 +9,9 @@ its options, seed, paths, trainer and logger choice), then trains the prior over
 (or ``+stage1`` for a plain prior) is set to that directory. The stage-1 directory is fixed by the run
 directory, so relaunching an interrupted run (same ``hydra.run.dir``, or the same sweep) finds the
 finished first stage there and skips it (genlab's skip-or-resume of a run directory), and an
-interrupted first stage resumes. ``first_stage.share`` of ``trainer.max_time`` goes to the first stage
-and the rest to the prior: the pair trains within the budget of one single-stage run (null: each
-stage keeps its own ``trainer.max_time``).
+interrupted first stage resumes. ``first_stage.share`` of the training budget (``trainer.max_time``
+and/or ``callbacks.cpu_budget.seconds``) goes to the first stage and the rest to the prior: the pair
+trains within the budget of one single-stage run (null: each stage keeps its own budget).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genlab import interrupt
 from genlab.families.base import IncompatibleConfigError
@@ -55,16 +55,38 @@ def plan(cfg: DictConfig) -> Path | None:
     if not wanted(cfg):
         return None
     out = Path(cfg.paths.output_dir) / "stage1"
-    share = cfg.first_stage.get("share")
     with open_dict(cfg):
         if stage_key(cfg) == "stage1":
             cfg.stage1 = str(out)
         else:
             cfg.model.stage1 = str(out)
-        if share is not None:
-            cfg.first_stage.max_time = split_time(cfg.trainer.get("max_time"), float(share))
-            cfg.trainer.max_time = split_time(cfg.trainer.get("max_time"), 1.0 - float(share))
+        if cfg.first_stage.get("share") is not None:
+            split_budgets(cfg, float(cfg.first_stage.share))
     return out
+
+
+def split_budgets(cfg: DictConfig, share: float) -> None:
+    """``share`` of each budget that is set (``trainer.max_time``, ``callbacks.cpu_budget.seconds``) to the
+    first stage (``first_stage.max_time`` / ``first_stage.cpu_seconds``), the rest to this run."""
+    cpu = OmegaConf.select(cfg, "callbacks.cpu_budget.seconds")
+    wall = cfg.trainer.get("max_time")
+    if cpu is None and wall is None:
+        raise IncompatibleConfigError("first_stage.share splits the training budget between the two stages, and "
+                                      "neither trainer.max_time nor callbacks.cpu_budget.seconds is set. Fix: set one "
+                                      "(e.g. trainer.max_time=00:00:20:00), or first_stage.share=null")
+    if wall is not None:
+        cfg.first_stage.max_time = split_time(wall, share)
+        cfg.trainer.max_time = split_time(wall, 1.0 - share)
+    if cpu is not None:
+        check_share(share)
+        cfg.first_stage.cpu_seconds = float(cpu) * share
+        cfg.callbacks.cpu_budget.seconds = float(cpu) * (1.0 - share)
+
+
+def check_share(share: float) -> None:
+    if not 0.0 < share < 1.0:
+        raise IncompatibleConfigError(f"first_stage.share={share}: the first stage's share of the budget must "
+                                      "be between 0 and 1. Fix: e.g. first_stage.share=0.5, or null")
 
 
 def seconds(max_time: str) -> int:
@@ -78,9 +100,7 @@ def seconds(max_time: str) -> int:
 
 def split_time(max_time: str | None, share: float) -> str:
     """``share`` of a ``"DD:HH:MM:SS"`` budget, in the same format."""
-    if not 0.0 < share < 1.0:
-        raise IncompatibleConfigError(f"first_stage.share={share}: the first stage's share of trainer.max_time must "
-                                      "be between 0 and 1. Fix: e.g. first_stage.share=0.5, or null")
+    check_share(share)
     try:
         total = round(seconds(str(max_time)) * share)
     except ValueError:
@@ -100,6 +120,8 @@ def command(cfg: DictConfig, out: Path) -> list[str]:
     task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     passed = [o for o in task if o.startswith(PASSED_PREFIXES)]
     budget = [f"trainer.max_time={cfg.first_stage.max_time}"] if cfg.first_stage.get("max_time") else []
+    if cfg.first_stage.get("cpu_seconds") is not None:
+        budget.append(f"callbacks.cpu_budget.seconds={cfg.first_stage.cpu_seconds}")
     return [sys.executable, "-m", "genlab.train", *groups, *cfg.first_stage.overrides, *passed,
             f"seed={cfg.seed}", f"paths.data_dir={cfg.paths.data_dir}", *budget, f"hydra.run.dir={out}"]
 
