@@ -36,4 +36,16 @@ def write_fake_datasets(root: Path, n_train: int = 120, n_test: int = 30) -> dic
     text.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
     array = root / "images.npz"
     np.savez(array, x=rng.integers(0, 256, (100, 12, 12), dtype=np.uint8), y=rng.integers(0, 3, 100))
-    return {"root": root, "text": text, "array": array}
+    return {"root": root, "text": text, "array": array, "image_folder": write_image_folder(root / "pictures")}
+
+
+def write_image_folder(root: Path, n: int = 30, classes: int = 3) -> Path:
+    """``n`` random grey 12x12 PNGs in ``classes`` class sub-folders (torchvision's ImageFolder layout)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        folder = root / f"class{i % classes}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+    return root

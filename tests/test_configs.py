@@ -25,6 +25,7 @@ def data_overrides(name: str, fake) -> list[str]:
         "text": ["dataset.block_size=32"],
         "text_file": [f"dataset.source.path={fake['text']}", "dataset.block_size=32"],
         "array": [f"dataset.path={fake['array']}"],
+        "image_folder": [f"dataset.path={fake['image_folder']}", f"paths.data_dir={fake['root']}"],
     }.get(name, [])
 
 
