@@ -473,3 +473,26 @@ class LatentPrior(Capability):
     def use_latent_cache(self, cache: Any) -> None:
         """Serve the prior's training latents from ``cache`` (set by the builders, like a condition)."""
         raise NotImplementedError
+
+
+class Restorer(Capability):
+    """Solve a linear inverse problem ``y = A(x) + noise`` with the model as the prior
+    (:mod:`genlab.tasks.operators`, ``genlab-task restore``). ``restore_methods``: the methods, the
+    first the default; ``restore_samplers``: those of them that draw posterior samples (the task
+    reports the mean and spread over several draws; the others are estimates such as a MAP);
+    ``restore_operators``: the operators the methods can use (empty: every one), and
+    ``restore_limit`` why not the others."""
+
+    missing = ("solving an inverse problem needs a prior the measurement can condition: a score or denoiser "
+               "(diffusion, flow matching), a latent map with a known prior (flows, VAEs), an energy (EBMs) or "
+               "exact conditionals (autoregressive, masks only)")
+    restore_methods: ClassVar[tuple[str, ...]] = ()
+    restore_samplers: ClassVar[tuple[str, ...]] = ()
+    restore_operators: ClassVar[tuple[str, ...]] = ()
+    restore_limit: ClassVar[str] = ""
+
+    def restore(self, nets: Nets, problem: Any, method: str, options: Any, y: Tensor | None = None) -> Tensor:
+        """``problem``: a :class:`~genlab.tasks.operators.Measurement` of ``B`` images in the ``[0, 1]``
+        unit scale -> the estimate ``(B, C, H, W)`` float in that scale. ``options``: the task's config
+        (``steps``, ``eta``, ``dps_scale``, ``iters``, ``step_size``); ``y``: a conditional model's labels ``(B,)``."""
+        raise NotImplementedError

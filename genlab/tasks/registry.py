@@ -70,4 +70,9 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("classify", "a class-conditional run as a Bayes classifier p(y|x) ∝ p(x|y) p(y): accuracy, label NLL, "
          "calibration (ECE, reliability PNG), bits the label is worth", (Need(fb.Conditional, also=(fb.Likelihood,)),),
          "genlab.tasks.classify"),
+    Task("restore", "inverse problems y = A(x) + noise (mask, downsample, blur, Fourier, projection) with the model "
+         "as the prior; PSNR, SSIM, consistency against pseudo-inverse and Tikhonov, PNG",
+         (Need(fb.Restorer, lambda c: "/".join(c.restore_methods) + (f"; {'|'.join(c.restore_operators)} only"
+                                                                     if c.restore_operators else "")),),
+         "genlab.tasks.restore"),
 ]}

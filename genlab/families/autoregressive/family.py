@@ -35,6 +35,7 @@ from genlab.conditioning import ConditionError
 from genlab.data.base import DataInfo
 from genlab.distributions import Categorical, DiscreteObservation, check_observation
 from genlab.families.base import Conditional, Family, Inpainter, Likelihood, LossOutput, Nets, SequentialCoder
+from genlab.families.autoregressive.restore import AutoregressiveRestorer
 from genlab.metrics.likelihood import LN2, LogLikelihood
 from genlab.nets import input_kind_error
 from genlab.nets.ar import ARNet
@@ -70,7 +71,7 @@ class CodingState:
     labels: Tensor | None
 
 
-class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter, Conditional):
+class Autoregressive(Family, Likelihood, SequentialCoder, Inpainter, Conditional, AutoregressiveRestorer):
     """Autoregressive family.
 
     Conditional (``self.condition`` set): :meth:`build` adds the label table ``nets["label"]``

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from genlab.data.base import DataInfo, check_discrete
 from genlab.data.scaling import GridScale
 from genlab.families.base import Conditional, Denoiser, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.diffusion.restore import DiffusionRestorer
 import genlab.families.diffusion.denoising as denoising
 import genlab.families.diffusion.inversion as inversion
 import genlab.families.diffusion.repaint as repaint
@@ -82,7 +83,7 @@ def check_options(timesteps: int, fixed_variance: str, val_timesteps: int | None
             raise ValueError(f"model.{key}={k}: use a number of timesteps >= 1, or null for all of them")
 
 
-class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional):
+class Diffusion(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional, DiffusionRestorer):
     """Gaussian diffusion family (module docstring). Images (UNet) and points / small images (TimeMLP).
 
     Conditional (``self.condition`` set): ``nets["label"]``, a table ``y -> (B, temb_dim)`` added to the

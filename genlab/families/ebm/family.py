@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from genlab.data.base import DataInfo
 from genlab.data.scaling import BinScale
 from genlab.families.base import Conditional, EnergyScorer, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.ebm.restore import EBMRestorer
 from genlab.families.ebm.grid import PartitionCache, grid_cells
 from genlab.families.ebm.sampler import Langevin, ReplayBuffer
 from genlab.metrics.likelihood import LogLikelihood, NLLKind
@@ -80,7 +81,7 @@ def apply_spectral_norm(net: nn.Module) -> nn.Module:
     return net
 
 
-class EBM(Family, Likelihood, EnergyScorer, Inpainter, Conditional):
+class EBM(Family, Likelihood, EnergyScorer, Inpainter, Conditional, EBMRestorer):
     """Energy-based model with SGLD sampling from a replay buffer (see module docstring).
     Class-conditional with a run condition, JEM-style: the energy net gives ``K`` logits ``f``,
     ``E(y, c) = -f(y)[c]``, SGLD on ``E(., c)`` from a per-class buffer, ``log p(x | c)`` exact per

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from genlab.data.base import DataInfo, check_discrete
 from genlab.data.scaling import BinScale, GridScale
 from genlab.families.base import Conditional, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.flow.restore import FlowRestorer
 from genlab.families.flow.layers import (
     Center, ClassPrior, FlowLayer, Logit, MultiScaleFlow, build_multiscale_flow,
 )
@@ -66,7 +67,7 @@ def max_squeezes(height: int, width: int) -> int:
     return n
 
 
-class Flow(Family, Likelihood, Encoder, Conditional):
+class Flow(Family, Likelihood, Encoder, Conditional, FlowRestorer):
     """Multi-scale affine-coupling flow (RealNVP / Glow), images only. Conditional (module docstring):
     the label embedding is extra input channels of every coupling net and sets a class-conditional
     Gaussian prior per scale (Glow's ``ycond``); no label dropout by default, no guidance.

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from genlab.data.base import DataInfo, check_discrete
 from genlab.data.scaling import BinScale
 from genlab.families.base import Conditional, Denoiser, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.flow_matching.restore import FlowMatchingRestorer
 from genlab.families.flow_matching import denoise as fm_denoise
 from genlab.families.flow_matching.guidance import ConditionalVelocity
 from genlab.families.flow_matching.inpaint import fill_along_path
@@ -60,7 +61,7 @@ from genlab.nets.unet import LabelConditioned, condition_dim
 Stage = Literal["val", "test"]
 
 
-class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional):
+class FlowMatching(Family, Likelihood, Denoiser, Inpainter, Encoder, Conditional, FlowMatchingRestorer):
     """Continuous normalizing flow trained by flow matching (module docstring).
 
     Conditional (``self.condition`` set): ``nets["label"]``, a table ``y -> (B, temb_dim)`` added to the

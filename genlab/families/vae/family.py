@@ -50,6 +50,7 @@ from genlab.data.base import DataInfo
 from genlab.data.scaling import GridScale
 from genlab.distributions import DiscreteObservation, check_observation, default_observation
 from genlab.families.base import Conditional, Encoder, Family, Inpainter, Likelihood, LossOutput, Nets
+from genlab.families.vae.restore import VAERestorer
 from genlab.families.vae.latents import KLFirstStage
 from genlab.metrics.likelihood import LogLikelihood
 from genlab.nets import input_kind_error
@@ -92,7 +93,7 @@ class VAEObjective:
         raise NotImplementedError
 
 
-class VAE(Family, Likelihood, Encoder, Inpainter, Conditional, KLFirstStage):
+class VAE(Family, Likelihood, Encoder, Inpainter, Conditional, KLFirstStage, VAERestorer):
     """VAE family; with a condition, the CVAE of Sohn et al. 2015 (module docstring): the label
     embedding enters the encoder, the decoder and (``conditional_prior``) a learned Gaussian prior
     ``p(z|y)``; no label dropout by default, no guidance.
