@@ -1,12 +1,18 @@
 """``genlab-eval``: sample quality of a trained run, in the features of an in-domain classifier.
 
-    genlab-eval <run dir | checkpoint.ckpt> [--n 1000] [--samples file.pt] [--seed 0]
+    genlab-eval <run dir | checkpoint.ckpt> [--n 1000] [--samples file.pt] [--seed 0] [--inception]
 
 Draws ``--n`` samples from the run's checkpoint (or reads a saved uint8 tensor with
 ``--samples``), scores them with the dataset's cached feature classifier (trained once on the
 train split; see :mod:`genlab.metrics.quality`) against held-out real images (the test split)
 and prints them next to the floor: the same metrics for other held-out real images (the
-validation split). Writes ``quality.json`` in the run directory.
+validation split). Writes ``quality.json`` in the run directory, with the ``protocol`` of the
+metrics: numbers of samples and reference images, the reference split, the feature network (a hash
+of its weights, its training config), the sampler settings and overrides, the seed.
+
+``--inception`` adds the standard Inception FID, KID and IS, from the FID Inception-v3 weights in a
+local file (``--inception-weights`` or ``$GENLAB_INCEPTION_WEIGHTS``; never downloaded; a missing
+file is a clear error naming where to put it), with their own protocol.
 
 A class-conditional run (``+conditional=class``) draws its samples for the labels of the reference
 images (so the samples' class mix is the reference's) and adds ``conditional``: the samples' label
@@ -33,8 +39,9 @@ from genlab.builders import load_run
 from genlab.checkpoints import CheckpointError
 from genlab.data.base import DataError
 from genlab.families.base import Conditional
-from genlab.metrics.quality import (conditional_quality, get_classifier, inception_metrics, quality_metrics, real_floor,
-                                    reference_labels, reference_set)
+from genlab.metrics.quality import (InceptionError, classifier_protocol, conditional_quality, get_classifier,
+                                    inception_metrics, quality_metrics, real_floor, reference_labels, reference_set)
+from genlab.metrics.quality import inception_weights as find_inception_weights
 
 COLUMNS = ("fd", "kid", "precision", "recall", "density", "coverage", "confident_share")
 
@@ -72,12 +79,15 @@ def summary_cells(q: dict[str, Any]) -> str:
 
 def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = None, seed: int = 0,
              cache_dir: str | Path | None = None, floor: dict[str, Any] | None = None,
-             overrides: list[str] | None = None) -> dict[str, Any]:
+             overrides: list[str] | None = None, inception: bool = False,
+             inception_weights: str | Path | None = None) -> dict[str, Any]:
     """Quality metrics of a run's samples and the real-data floor (see module docstring); pass
     ``floor`` when it is already known for this dataset and ``n`` (a sweep computes it once).
     ``overrides`` (``key=value``, e.g. ``model.sampler.steps=20``) change sampling settings: the
     result then goes to ``quality_<hash of the overrides>.json`` with the overrides in it, and the
-    default ``quality.json`` is left as it is."""
+    default ``quality.json`` is left as it is. ``inception``: add the standard Inception FID / KID / IS
+    (local weights only: ``inception_weights`` or ``$GENLAB_INCEPTION_WEIGHTS``; checked before sampling)."""
+    weights = find_inception_weights(inception_weights) if inception else None
     ckpt, run_dir = find_checkpoint(source)
     overrides = list(overrides or [])
     module, dm = load_run(str(ckpt), overrides=overrides)
@@ -85,25 +95,36 @@ def evaluate(source: str | Path, n: int = 1000, samples: str | Path | None = Non
     ref, ref_y = reference_set(dm, n), reference_labels(dm, n)
     y = ref_y if module.conditional and samples is None else None  # the reference's labels, in its order
     t0 = time.perf_counter()
-    if samples is not None:
-        x = torch.load(samples, map_location="cpu")[:n]
-    else:
-        x = draw_samples(module, n, seed, y)
+    x = torch.load(samples, map_location="cpu")[:n] if samples is not None else draw_samples(module, n, seed, y)
+    x = x.to(ref.dtype)
     seconds = time.perf_counter() - t0
     out = {
         "run": str(run_dir), "checkpoint": str(ckpt), "family": module.family.name, "n": len(x),
         "sample_seconds_per_1000": None if samples is not None else 1000 * seconds / len(x),
         "classifier": {"test_accuracy": meta["test_accuracy"], "path": meta.get("path")},
-        "samples": quality_metrics(clf, ref, x.to(ref.dtype)),
+        "protocol": protocol(module, clf, meta, (len(x), len(ref)), seed, overrides, samples, y is not None),
+        "samples": quality_metrics(clf, ref, x),
         "floor": floor if floor is not None else real_floor(clf, dm, n),
-        "inception": inception_metrics(ref, x.to(ref.dtype), dm.info.levels),
+        "inception": inception_metrics(ref, x, dm.info.levels, weights) if weights else None,
         "overrides": overrides,
-        "conditional": conditional_quality(clf, ref, ref_y, x.to(ref.dtype), y) if y is not None else None,
+        "conditional": conditional_quality(clf, ref, ref_y, x, y) if y is not None else None,
     }
     path = quality_path(run_dir, overrides)
     path.write_text(json.dumps(out, indent=2))
     out["path"] = str(path)
     return out
+
+
+def protocol(module: Any, clf: Any, meta: dict[str, Any], sizes: tuple[int, int], seed: int, overrides: list[str],
+             samples: str | Path | None, labelled: bool) -> dict[str, Any]:
+    """The protocol of a run's quality metrics (:func:`~genlab.metrics.quality.classifier_protocol`: ``sizes``
+    = (samples, reference images), the reference, the feature network) and, beside it, how the samples were
+    drawn: the run's sampler config after ``overrides``, the overrides, the seed, a samples file, whether the
+    samples were drawn for the reference's labels."""
+    model_cfg = (module.run_config or {}).get("model") or {}
+    return {**classifier_protocol(clf, meta, *sizes), "sampler": model_cfg.get("sampler"), "overrides": overrides,
+            "seed": None if samples is not None else seed, "samples_file": None if samples is None else str(samples),
+            "labels": "reference labels" if labelled else None}
 
 
 def draw_samples(module: Any, n: int, seed: int, y: torch.Tensor | None = None, chunk: int = 250) -> torch.Tensor:
@@ -133,14 +154,25 @@ def table(out: dict[str, Any]) -> str:
     rows = [f"| {name} | " + " | ".join(f"{out[key][c]:.4g}" for c in COLUMNS) + " |"
             for name, key in (("samples", "samples"), ("real val (floor)", "floor"))]
     hist = ", ".join(f"{v:.2f}" for v in out["samples"]["class_hist"])
-    inc = out.get("inception", {})
-    inception = inc.get("notice") or f"Inception FID {inc['fid']:.3f}, IS {inc['is']:.3f} +- {inc['is_std']:.3f}"
-    cond = out.get("conditional")
-    lines = [head, *rows, f"\nclass histogram of samples: [{hist}]", inception]
+    cond, p = out.get("conditional"), out.get("protocol") or {}
+    lines = [head, *rows, f"\nclass histogram of samples: [{hist}]", protocol_line(p)]
+    if inc := out.get("inception"):
+        lines.append(f"Inception (standard weights, protocol {inc['protocol']['id']}): FID {inc['fid']:.3f}, "
+                     f"KID {inc['kid']:.4g} ± {inc['kid_std']:.2g}, IS {inc['is']:.3f} ± {inc['is_std']:.3f}")
     if cond:
         fd = "—" if cond["intra_fd"] is None else f"{cond['intra_fd']:.4g}"
         lines.append(f"conditional samples: label accuracy {cond['label_accuracy']:.4f}, intra-class FD {fd}")
     return "\n".join(lines)
+
+
+def protocol_line(p: dict[str, Any]) -> str:
+    """One line saying how the metrics were measured (``protocol unknown`` for a result without one)."""
+    if not p:
+        return "protocol unknown (a quality.json written before protocols were recorded)"
+    net = p["feature_net"]
+    return (f"protocol {p['id']}: {p['n_samples']} samples vs {p['n_reference']} {p['reference']['split']} images, "
+            f"feature net {net['weights_sha256']} (test accuracy {net['test_accuracy']:.4f}); sampler overrides "
+            f"{p.get('overrides') or 'none'}, seed {p.get('seed')}")
 
 
 def guidance_sweep(source: str | Path, weights: list[float], n: int = 1000, seed: int = 0,
@@ -207,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", help="score this saved uint8 tensor (.pt) instead of sampling")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", help="where feature classifiers are cached (default <data_dir>/genlab_classifiers)")
+    p.add_argument("--inception", action="store_true",
+                   help="add the standard Inception FID / KID / IS (needs the weights file locally: never downloaded)")
+    p.add_argument("--inception-weights", help="the Inception-v3 FID weights file (or a directory holding it); "
+                                               "default $GENLAB_INCEPTION_WEIGHTS, then torch hub's checkpoints dir")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="sampling settings for this evaluation, e.g. model.sampler.steps=20 (the model's "
                         "architecture cannot change); the result goes to quality_<hash>.json")
@@ -222,8 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                                    a.overrides)
             print((Path(sweep["run"]) / "guidance_sweep.md").read_text())
             return 0
-        out = evaluate(a.source, a.n, a.samples, a.seed, a.cache_dir, overrides=a.overrides)
-    except (FileNotFoundError, ValueError, CheckpointError, DataError) as err:
+        out = evaluate(a.source, a.n, a.samples, a.seed, a.cache_dir, overrides=a.overrides, inception=a.inception,
+                       inception_weights=a.inception_weights)
+    except (FileNotFoundError, ValueError, CheckpointError, DataError, InceptionError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(table(out))

@@ -279,7 +279,9 @@ class GenerativeModule(L.LightningModule):
         total = self.trainer.strategy.reduce(torch.stack([sums[k] for k in keys]), reduce_op="sum")
         reduced = {k: float(v) for k, v in zip(keys, total)}
         n = int(reduced.pop("n"))
-        stats = example_standard_error(n, reduced["nll"], reduced["nll_sq"], self.info.dims)
+        # the number of examples the NLL averages (the protocol of the figure and its standard error)
+        stats = {"nll_examples": float(n),
+                 **example_standard_error(n, reduced["nll"], reduced["nll_sq"], self.info.dims)}
         if "cond_nll" in reduced:  # a conditional model: log p(x | y) beside the marginal
             cond, cond_sq = reduced.pop("cond_nll"), reduced.pop("cond_nll_sq")
             stats.update(cond_nll_nats=cond / n, cond_nll_bpd=cond / n / (self.info.dims * math.log(2)),

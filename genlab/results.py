@@ -23,15 +23,18 @@ def _nll(metrics: dict[str, Any], stage: str, kind: str | None, unit: str) -> di
     if kind is None or f"{stage}/nll_nats" not in metrics:
         return {"nll_kind": "none"}
     errors = {k.split("/", 1)[1]: float(v) for k, v in metrics.items()
-              if k.startswith((f"{stage}/nll_bpd_se", f"{stage}/cond_nll", f"{stage}/classifier_accuracy"))}
+              if k.startswith((f"{stage}/nll_bpd_se", f"{stage}/cond_nll", f"{stage}/classifier_accuracy",
+                               f"{stage}/nll_examples"))}
     return {
         "nll_bpd": float(metrics[f"{stage}/nll_bpd"]),
         "nll_nats": float(metrics[f"{stage}/nll_nats"]),
         "nll_kind": kind,
         "unit": unit,
-        # nll_bpd_se: the per-example standard error; a family may add others (nll_bpd_se_*); a conditional
-        # model's log p(x | y): cond_nll_bpd, cond_nll_nats, cond_nll_bpd_se (nll_bpd is then the marginal), and
-        # classifier_accuracy: the generative classifier argmax_y p(x | y) p(y) on these examples
+        # nll_examples: the number of examples averaged; nll_bpd_se: the per-example standard error; a family
+        # may add others (nll_bpd_se_*: a diffusion bound's nll_bpd_se_timesteps, the error of its timestep
+        # subsample); a conditional model's log p(x | y): cond_nll_bpd, cond_nll_nats, cond_nll_bpd_se (nll_bpd
+        # is then the marginal), and classifier_accuracy: the generative classifier argmax_y p(x | y) p(y) on
+        # these examples
         **errors,
     }
 
@@ -109,6 +112,16 @@ def _evaluation(module: GenerativeModule, trainer: L.Trainer, metrics: dict[str,
     }
 
 
+def _sample_protocol(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """How the end-of-run samples behind ``sample_metrics`` were drawn: how many were asked for
+    (``num_samples``; a conditional grid draws ``num_samples // K`` per class), the seed, the sampler
+    config; None where no sample metric was computed."""
+    if not any(k.startswith("samples/") for k in metrics):
+        return None
+    return {"metrics": "dataset sample metrics", "num_samples": config.get("num_samples"), "seed": config.get("seed"),
+            "sampler": (config.get("model") or {}).get("sampler")}
+
+
 def build_results(
     cfg: DictConfig, chosen: dict[str, str], module: GenerativeModule, trainer: L.Trainer, outcome: RunOutcome,
 ) -> dict[str, Any]:
@@ -125,6 +138,7 @@ def build_results(
         "samples": outcome.samples,
         "history": module.history,
         "sample_metrics": {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("samples/")},
+        "sample_protocol": _sample_protocol(config, metrics),
         "checkpoint": checkpoints.get("best") or checkpoints.get("last"),
         "checkpoints": checkpoints,
         "config": config,

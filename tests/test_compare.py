@@ -35,6 +35,8 @@ def test_the_sweep_runs_every_listed_family_with_the_same_seed_and_data(sweep):
     assert {r["dataset"] for r in runs} == {"digits"} and {r["seed"] for r in runs} == {0}
     assert all(r["global_step"] == 12 and r["history"] for r in runs)  # one validation each, with its time
     assert len({r["sweep_group"] for r in runs}) == 1 and runs[0]["sweep_group"].endswith(sweep.name)
+    names = [p.name for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()]
+    assert sorted(n.split("_", 1)[1] for n in names) == ["flow_seed0", "vae_seed0"]  # <job>_<family>_seed<seed>
 
 
 @pytest.mark.slow
@@ -50,6 +52,10 @@ def test_compare_writes_one_row_per_family_and_real_pngs(sweep, tmp_path, capsys
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (sweep / "comparison.md").read_text()
     assert "| vae | vae_conv |" in md and "| flow | glow |" in md
+    # one seed each: bare values (no interval), ranks marked as unsupported by an interval, one protocol
+    assert all(r["seeds"] == "1" and r["nll_bpd_ci95"] == "" and r["nll_rank"].endswith("?") for r in rows[:2])
+    assert len({r["protocol"] for r in rows}) == 1 and rows[0]["quality_n"] == "60" and "Warning" not in md
+    assert (sweep / "fd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "written:" in capsys.readouterr().out
 
 

@@ -118,8 +118,12 @@ def test_genlab_eval_scores_a_trained_run_next_to_the_real_floor(make_cfg, class
     # a 2-epoch VAE is far from real data: worse than the floor in Frechet distance
     assert out["samples"]["fd"] > out["floor"]["fd"] and len(out["samples"]["class_hist"]) == 10
     assert main([str(run_dir / "nowhere")]) == 2
-    # no Inception weights on this machine: a one-line notice, not a crash
-    assert "Inception FID/IS skipped" in printed and "skipped" in out["inception"]["notice"]
+    # the protocol is saved and printed; no Inception metrics unless asked for (the in-domain ones need no file)
+    assert out["protocol"]["n_samples"] == out["protocol"]["n_reference"] == 150 and out["protocol"]["seed"] == 0
+    assert f"protocol {out['protocol']['id']}" in printed and out["inception"] is None and "Inception" not in printed
+    # asked for without the weights on this machine: a clear error naming where to put them, before any sampling
+    assert main([str(run_dir), "--n", "150", "--inception"]) == 2
+    assert "GENLAB_INCEPTION_WEIGHTS" in capsys.readouterr().err
     # evaluation overrides go to their own file, recorded in it; quality.json is left alone
     before = (run_dir / "quality.json").read_text()
     assert main([str(run_dir), "--n", "150", "--cache-dir", str(classifier_cache), "model.test_k=7"]) == 0

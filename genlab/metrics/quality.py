@@ -17,6 +17,19 @@ model would score. Neither split trained the classifier nor the generative model
 the train split the classifier's features favour memorisation: in a one-off check on MNIST,
 held-out real digits scored FD 40 against train while an EBM's samples scored 26; against the
 test split the order is the honest one.)
+
+Every result carries its **protocol** (:func:`classifier_protocol`): the numbers of samples and of
+reference images, the reference split and its subset seed, the feature network (a SHA-256 of its
+weights and its training config), the metric settings; its ``id`` hashes exactly these, so two
+results with the same id were measured the same way (``genlab-compare`` puts only those in one
+column). The sampler, its overrides and the sampling seed are recorded beside it: they are what is
+being compared, not how.
+
+Standard Inception metrics (FID, KID, IS; :func:`inception_metrics`) are an opt-in, computed in the
+features of the standard FID Inception-v3 (torch-fidelity's ``inception-v3-compat``) read from a
+local weights file: ``$GENLAB_INCEPTION_WEIGHTS`` (a file, or a directory holding
+``weights-inception-2015-12-05-6726825d.pth``) or torch hub's checkpoint directory. Nothing is ever
+downloaded; a missing file is an :class:`InceptionError` that names where to put it.
 """
 
 from __future__ import annotations
@@ -35,7 +48,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
+
+from genlab.checkpoints import weights_digest
+
+# the measurement settings (recorded in every protocol): confident-class threshold, k of the
+# precision/recall and density/coverage balls, KID subsets, points used by the k-NN metrics
+CONFIDENCE, PR_K, DC_K, KID_SUBSETS, MAX_NN = 0.9, 3, 5, 50, 5000
+REFERENCE_SPLIT, FLOOR_SPLIT, REFERENCE_SEED = "test", "val", 0
 
 
 @dataclass
@@ -210,36 +231,53 @@ def _embed(clf: FeatureClassifier, x: Tensor, batch: int = 1000) -> tuple[Tensor
 
 
 @torch.no_grad()
-def quality_metrics(clf: FeatureClassifier, real: Tensor, fake: Tensor, confidence: float = 0.9,
-                    kid_subset: int = 1000, max_nn: int = 5000) -> dict[str, Any]:
+def quality_metrics(clf: FeatureClassifier, real: Tensor, fake: Tensor, confidence: float = CONFIDENCE,
+                    kid_subset: int = 1000, max_nn: int = MAX_NN) -> dict[str, Any]:
     """All feature-space metrics of ``fake`` images against ``real`` ones (both discrete, same shape).
 
-    k-NN metrics use at most ``max_nn`` points of each set (pairwise distances).
+    k-NN metrics use at most ``max_nn`` points of each set (pairwise distances). KID's random
+    subsets are seeded (the same sets give the same KID).
     """
-    n = min(len(real), len(fake))
     extractor = _Features(clf)
     fid = FrechetInceptionDistance(feature=extractor, reset_real_features=True)
-    with warnings.catch_warnings():  # "KID keeps all features in memory": a few thousand here
-        warnings.simplefilter("ignore", UserWarning)
-        # subsets of half the data: with subset_size = n every subset is the whole set and the std is 0
-        kid = KernelInceptionDistance(feature=extractor, subset_size=max(2, min(kid_subset, n // 2)), subsets=50)
+    kid = _kid(extractor, kid_subset_size(min(len(real), len(fake)), kid_subset), KID_SUBSETS)
     for metric in (fid, kid):
         for i in range(0, len(real), 1000):
             metric.update(real[i:i + 1000], real=True)
         for i in range(0, len(fake), 1000):
             metric.update(fake[i:i + 1000], real=False)
-    kid_mean, kid_std = kid.compute()
+    kid_mean, kid_std = seeded(kid.compute)
     f_real, _ = _embed(clf, real[:max_nn])
     f_fake, probs = _embed(clf, fake[:max_nn])
     top = probs.max(-1)
     hist = torch.bincount(top.indices, minlength=probs.shape[-1]).double() / len(probs)
     return {
         "fd": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
-        **precision_recall(f_real, f_fake), **density_coverage(f_real, f_fake),
+        **precision_recall(f_real, f_fake, PR_K), **density_coverage(f_real, f_fake, DC_K),
         "confident_share": (top.values >= confidence).double().mean().item(),
         "class_hist": [round(v, 4) for v in hist.tolist()],
         "n_fake": len(fake), "n_real": len(real),
     }
+
+
+def kid_subset_size(n: int, cap: int = 1000) -> int:
+    """KID's subset size for ``n`` points: half of them, at most ``cap`` (with subsets of all ``n``
+    points every subset is the whole set and the spread over subsets is 0)."""
+    return max(2, min(cap, n // 2))
+
+
+def _kid(feature: nn.Module, subset_size: int, subsets: int) -> KernelInceptionDistance:
+    with warnings.catch_warnings():  # "KID keeps all features in memory": a few thousand here
+        warnings.simplefilter("ignore", UserWarning)
+        return KernelInceptionDistance(feature=feature, subset_size=subset_size, subsets=subsets)
+
+
+def seeded(fn: Any, seed: int = 0) -> Any:
+    """``fn()`` with torch's global generator seeded, and its state restored after (torchmetrics' KID and
+    IS draw their subsets from it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return fn()
 
 
 def discrete(split: Any, seed: int = 0) -> Tensor:
@@ -293,44 +331,150 @@ def real_floor(clf: FeatureClassifier, dm: Any, n: int, seed: int = 0) -> dict[s
     return quality_metrics(clf, reference_set(dm, n, seed), split_subset(dm.splits["val"], n, seed + 1))
 
 
+
+
+# -- protocols: how a metric was measured ------------------------------------------------------
+# the keys of a protocol that say how it was measured (its id hashes these); the sampler, its
+# overrides and the sampling seed are recorded beside them (what is compared, not how)
+MEASUREMENT = ("metrics", "dataset", "n_samples", "n_reference", "reference", "floor", "feature_net", "settings")
+
+
+def protocol_id(protocol: dict[str, Any]) -> str:
+    """8 hex digits of a SHA-256 over the measurement part of ``protocol`` (:data:`MEASUREMENT`)."""
+    ident = {k: protocol.get(k) for k in MEASUREMENT}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def feature_net(clf: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
+    """The feature network of a protocol: the SHA-256 of its weights (16 hex; changes whenever it is
+    retrained differently), its training config and data, and its test accuracy."""
+    return {"name": "in-domain classifier", "weights_sha256": weights_digest(clf).hex()[:16],
+            "config": meta.get("config"), "data": meta.get("data"), "test_accuracy": meta.get("test_accuracy")}
+
+
+def classifier_protocol(clf: FeatureClassifier, meta: dict[str, Any], n_samples: int,
+                        n_reference: int) -> dict[str, Any]:
+    """The protocol of :func:`quality_metrics` against :func:`reference_set` (and the :func:`real_floor`)
+    with ``n_samples`` samples and ``n_reference`` reference images, with its ``id``."""
+    p = {"metrics": "classifier features", "dataset": (meta.get("data") or {}).get("dataset"),
+         "n_samples": n_samples, "n_reference": n_reference,
+         "reference": {"split": REFERENCE_SPLIT, "subset_seed": REFERENCE_SEED},
+         "floor": {"split": FLOOR_SPLIT, "subset_seed": REFERENCE_SEED + 1},
+         "feature_net": feature_net(clf, meta),
+         "settings": {"kid_subset_size": kid_subset_size(min(n_samples, n_reference)), "kid_subsets": KID_SUBSETS,
+                      "precision_recall_k": PR_K, "density_coverage_k": DC_K, "confidence": CONFIDENCE,
+                      "max_nn": MAX_NN}}
+    return {"id": protocol_id(p), **p}
+
+
 # -- Inception metrics, only with local weights ------------------------------------------------
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+INCEPTION_SUBSETS, INCEPTION_IS_SPLITS = 100, 10  # KID subsets and IS splits (the usual settings)
 
 
-def inception_weights() -> Path | None:
-    """Local Inception-v3 (FID) weights: ``$GENLAB_INCEPTION_WEIGHTS`` or torch hub's checkpoint dir."""
+class InceptionError(RuntimeError):
+    """Inception metrics were asked for but cannot be computed here (no weights file, no torch-fidelity)."""
+
+
+def inception_weights(path: str | Path | None = None) -> Path:
+    """The local Inception-v3 (FID) weights: ``path``, else ``$GENLAB_INCEPTION_WEIGHTS``, else torch hub's
+    checkpoint directory; a directory is searched for :data:`INCEPTION_FILE`. Never downloads: a missing
+    file is an :class:`InceptionError` naming where to put it."""
     env = os.environ.get("GENLAB_INCEPTION_WEIGHTS")
-    path = Path(env) if env else Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
-    return path if path.is_file() else None
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    source = path or env
+    where = Path(source) if source else hub / INCEPTION_FILE
+    where = where / INCEPTION_FILE if where.is_dir() else where
+    if where.is_file():
+        return where
+    origin = "--inception-weights" if path else "GENLAB_INCEPTION_WEIGHTS" if env else "the default location"
+    raise InceptionError(
+        f"Inception metrics need the standard FID Inception-v3 weights on disk, and there is no file at {where} "
+        f"(from {origin}); genlab never downloads them. Fix: fetch {INCEPTION_URL} where there is a network, then "
+        f"set GENLAB_INCEPTION_WEIGHTS=/path/to/{INCEPTION_FILE} (or a directory holding it), pass "
+        f"--inception-weights PATH, or put it in {hub}/. Without --inception the in-domain metrics need no file.")
 
 
-def inception_metrics(real: Tensor, fake: Tensor, levels: int) -> dict[str, Any]:
-    """Standard Inception FID and IS (torchmetrics + torch-fidelity) where the weights are on disk;
-    otherwise ``{"notice": ...}`` saying why they were skipped (they need a download)."""
-    from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+def load_inception(path: Path) -> nn.Module:
+    """torch-fidelity's FID Inception-v3 with the weights of ``path``; returns (pool 2048, unbiased logits)."""
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError as err:
+        raise InceptionError("Inception metrics need torch-fidelity. Fix: pip install torch-fidelity") from err
+    try:
+        return FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                           feature_extractor_weights_path=str(path)).eval()
+    except Exception as err:  # unpickling / state-dict errors of many kinds
+        raise InceptionError(f"{path} does not hold Inception-v3 weights of torch-fidelity's FID network "
+                             f"({type(err).__name__}: {str(err).splitlines()[0]}). Fix: use {INCEPTION_URL}") from err
 
-    if not _TORCH_FIDELITY_AVAILABLE:
-        return {"notice": "Inception FID/IS skipped: torch-fidelity is not installed (pip install torch-fidelity)"}
-    path = inception_weights()
-    if path is None:
-        return {"notice": f"Inception FID/IS skipped: no local Inception weights (set GENLAB_INCEPTION_WEIGHTS "
-                          f"or put {INCEPTION_FILE} in {Path(torch.hub.get_dir()) / 'checkpoints'})"}
-    from torchmetrics.image.fid import NoTrainInceptionV3
-    from torchmetrics.image.inception import InceptionScore
 
-    def rgb(x: Tensor) -> Tensor:  # uint8 (B, 3, H, W), as Inception expects
-        x = (x.float() * 255 / (levels - 1)).round().to(torch.uint8)
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+@torch.no_grad()
+def inception_features(net: nn.Module, x: Tensor, levels: int, batch: int = 50) -> tuple[Tensor, Tensor]:
+    """Discrete images ``(N, C, H, W)`` with ``levels`` levels -> Inception pool features ``(N, 2048)`` and
+    unbiased logits ``(N, 1008)`` (float64). Inputs become uint8 RGB (grey repeated), which the network
+    resizes to 299 x 299 (TF-1 bilinear, as the reference FID code)."""
+    device = next(net.parameters()).device
+    pools, logits = [], []
+    for i in range(0, len(x), batch):
+        xb = (x[i:i + batch].float() * 255 / (levels - 1)).round().to(torch.uint8)
+        pool, logit = net((xb.expand(-1, 3, -1, -1) if xb.shape[1] == 1 else xb).to(device))
+        pools.append(pool.double().cpu())
+        logits.append(logit.double().cpu())
+    return torch.cat(pools), torch.cat(logits)
 
-    fid = FrechetInceptionDistance(feature_extractor_weights_path=str(path))
-    logits = NoTrainInceptionV3("inception-v3-compat", ["logits_unbiased"], feature_extractor_weights_path=str(path))
-    with warnings.catch_warnings():
+
+class _Given(nn.Module):
+    """Features already computed, as a torchmetrics feature extractor (the identity)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+def inception_metrics(real: Tensor, fake: Tensor, levels: int, weights: str | Path | None = None) -> dict[str, Any]:
+    """Standard FID, KID and IS of ``fake`` against ``real`` discrete images, in torch-fidelity's FID
+    Inception-v3 with the local weights that :func:`inception_weights` finds (each image goes through the
+    network once), with their protocol. sFID is not computed."""
+    path = inception_weights(weights)
+    net = load_inception(path).to("cuda" if torch.cuda.is_available() else "cpu")
+    (f_real, _), (f_fake, logits) = inception_features(net, real, levels), inception_features(net, fake, levels)
+    scores = inception_scores(f_real, f_fake, logits)
+    protocol = inception_protocol(path, len(fake), len(real), scores.pop("kid_subset_size"))
+    return {**scores, "weights": str(path), "protocol": protocol}
+
+
+def inception_scores(f_real: Tensor, f_fake: Tensor, logits_fake: Tensor) -> dict[str, Any]:
+    """FID and KID (torchmetrics) between pool features ``(N, 2048)`` of real and fake images, and the IS
+    of the fakes' logits ``(M, 1008)``; KID's subsets and IS's splits are seeded."""
+    subset = kid_subset_size(min(len(f_real), len(f_fake)))
+    fid = FrechetInceptionDistance(feature=_Given(f_real.shape[1]))
+    kid = _kid(_Given(f_real.shape[1]), subset, INCEPTION_SUBSETS)
+    for metric in (fid, kid):
+        metric.update(f_real, real=True)
+        metric.update(f_fake, real=False)
+    with warnings.catch_warnings():  # "IS keeps all features in memory": the logits, already in memory
         warnings.simplefilter("ignore", UserWarning)
-        score = InceptionScore(feature=logits)
-    for i in range(0, len(real), 250):
-        fid.update(rgb(real[i:i + 250]), real=True)
-    for i in range(0, len(fake), 250):
-        fid.update(rgb(fake[i:i + 250]), real=False)
-        score.update(rgb(fake[i:i + 250]))
-    is_mean, is_std = score.compute()
-    return {"fid": float(fid.compute()), "is": float(is_mean), "is_std": float(is_std), "weights": str(path)}
+        score = InceptionScore(feature=_Given(logits_fake.shape[1]), splits=INCEPTION_IS_SPLITS)
+    score.update(logits_fake)
+    (kid_mean, kid_std), (is_mean, is_std) = seeded(kid.compute), seeded(score.compute)
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std), "is": float(is_mean),
+            "is_std": float(is_std), "kid_subset_size": subset}
+
+
+def inception_protocol(path: Path, n_samples: int, n_reference: int, kid_subset: int) -> dict[str, Any]:
+    """The protocol of :func:`inception_metrics`: the weights file's SHA-256 (16 hex), n, the reference, settings."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    p = {"metrics": "inception-v3 (FID/KID/IS)", "n_samples": n_samples, "n_reference": n_reference,
+         "reference": {"split": REFERENCE_SPLIT, "subset_seed": REFERENCE_SEED},
+         "feature_net": {"name": "inception-v3-compat (torch-fidelity)", "file_sha256": h.hexdigest()[:16]},
+         "settings": {"kid_subset_size": kid_subset, "kid_subsets": INCEPTION_SUBSETS, "is_splits": INCEPTION_IS_SPLITS,
+                      "resize": "299x299 TF-1 bilinear", "grey": "repeated to RGB"}}
+    return {"id": protocol_id(p), **p}
