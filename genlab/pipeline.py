@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from genlab import interrupt
+from genlab.runs import FIRST_STAGE_DIR
 from genlab.families.base import IncompatibleConfigError
 
 PASSED_GROUPS = ("dataset", "trainer", "logger")  # the chosen option of these groups is the first stage's too
@@ -54,7 +55,7 @@ def plan(cfg: DictConfig) -> Path | None:
     to train."""
     if not wanted(cfg):
         return None
-    out = Path(cfg.paths.output_dir) / "stage1"
+    out = Path(cfg.paths.output_dir) / FIRST_STAGE_DIR
     with open_dict(cfg):
         if stage_key(cfg) == "stage1":
             cfg.stage1 = str(out)

@@ -120,3 +120,13 @@ def previous_run(out_dir: Path, config: dict[str, Any]) -> Previous:
             )
         return Previous("resume", checkpoint=str(last))
     return Previous("new")
+
+
+FIRST_STAGE_DIR = "stage1"  # where a one-command two-stage run trains its first stage (genlab.pipeline)
+
+
+def sweep_results(root: str | Path) -> list[Path]:
+    """The ``results.json`` of every run under ``root`` (a sweep directory), sorted, without the first stages
+    that two-stage runs trained inside their own directory (``<run>/stage1``: part of that run, not a row)."""
+    found = sorted(Path(root).rglob("results.json"))
+    return [p for p in found if not (p.parent.name == FIRST_STAGE_DIR and (p.parent.parent / "results.json").is_file())]

@@ -337,3 +337,27 @@ def test_compare_writes_one_table_and_montage_and_refuses_by_name(tiny_vae, trai
     table = (tmp_path / "restore_compare.md").read_text()
     assert "| blur_1.0 | vae | map |" in table and "| mask | *tikhonov* |" in table
     assert (tmp_path / "restore_compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_genlab_task_restore_over_several_runs_writes_the_table(tiny_vae, trained_run, tmp_path, capsys):
+    from genlab.tasks.cli import main
+
+    gan = trained_run("restore_gan", "model=gan_mlp", "model.generator.hidden=[16]",
+                      "model.discriminator.hidden=[16]", "trainer.max_steps=2", *FAST)
+    run_dir = str(Path(tiny_vae["checkpoint"]).parent.parent)
+    out = tmp_path / "many"
+    assert main(["restore", f"ckpt={run_dir},{gan['checkpoint']}", "operator=blur", "sigma=1.0", "n=8", "iters=10",
+                 "show=4", f"out={out}"]) == 0
+    assert "1 runs restored (1 refused) under operator=blur" in capsys.readouterr().out
+    assert "| blur | vae | map |" in (out / "restore_compare.md").read_text()
+    assert main(["restore", f"ckpt={run_dir},{gan['checkpoint']}", "operator=nope"]) == 2  # options checked first
+
+
+def test_a_sweeps_runs_leave_out_the_first_stages_inside_two_stage_runs(tmp_path):
+    from genlab.runs import sweep_results
+
+    for d in ("0_vae", "1_two_stage", "1_two_stage/stage1", "2_pending/stage1"):  # 2_pending: no results of its own
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+        (tmp_path / d / "results.json").write_text("{}")
+    found = [p.parent.relative_to(tmp_path).as_posix() for p in sweep_results(tmp_path)]
+    assert found == ["0_vae", "1_two_stage", "2_pending/stage1"]

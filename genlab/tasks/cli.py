@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -66,6 +67,9 @@ def run_task(name: str, args: list[str]) -> dict[str, Any]:
     """Parse, load the checkpoint, run; returns the task's report."""
     if name not in TASKS:
         raise TaskError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
+    many = TASKS[name].many and several_runs(args)
+    if many:
+        return TASKS[name].load_many()(many, args)
     cfg = parse(name, args)
     _, fn = TASKS[name].load()
     ctx = load_context(name, cfg)
@@ -77,6 +81,18 @@ def run_task(name: str, args: list[str]) -> dict[str, Any]:
         raise TaskError(f"task '{name}' cannot run with these options: {e}") from e
     report.setdefault("out_dir", str(ctx.out_dir))
     return report
+
+
+def several_runs(args: list[str]) -> list[str] | None:
+    """The runs of ``ckpt=`` when it names several (comma-separated, or a sweep directory: a directory
+    without a results.json of its own), else None."""
+    ckpt = next((a.split("=", 1)[1] for a in args if a.startswith("ckpt=")), None)
+    if not ckpt:
+        return None
+    parts = [p for p in ckpt.split(",") if p]
+    if len(parts) > 1 or (Path(parts[0]).is_dir() and not (Path(parts[0]) / "results.json").is_file()):
+        return parts
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

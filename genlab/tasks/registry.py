@@ -42,6 +42,7 @@ class Task:
     needs: tuple[Need, ...]  # any one of them; empty: every family that samples
     module: str
     everyone: str = ""  # the "families" line when ``needs`` is empty
+    many: str = ""  # the module's function that runs the task over several runs (``ckpt=<sweep dir>``), if any
 
     @property
     def families(self) -> str:
@@ -51,6 +52,10 @@ class Task:
     def load(self) -> tuple[type, Any]:
         mod = importlib.import_module(self.module)
         return mod.Config, mod.run
+
+    def load_many(self) -> Callable[[list[str], list[str]], dict[str, Any]]:
+        """``fn(runs, args) -> report``: the task over several runs (a table across them)."""
+        return getattr(importlib.import_module(self.module), self.many)
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
@@ -74,5 +79,5 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          "as the prior; PSNR, SSIM, consistency against pseudo-inverse and Tikhonov, PNG",
          (Need(fb.Restorer, lambda c: "/".join(c.restore_methods) + (f"; {'|'.join(c.restore_operators)} only"
                                                                      if c.restore_operators else "")),),
-         "genlab.tasks.restore"),
+         "genlab.tasks.restore", many="run_many"),
 ]}

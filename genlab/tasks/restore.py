@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from genlab.families.base import Restorer
+from genlab.runs import sweep_results
 from genlab.tasks.base import (
     TaskConfig, TaskContext, TaskError, Unsupported, batches, label_kwargs, require_images, save_rows, stream_seed,
     write_report,
@@ -317,7 +318,7 @@ def find_runs(sources: list[str]) -> list[str]:
         if path.suffix == ".ckpt" or (path / "results.json").exists():
             runs.append(str(path))
         elif path.is_dir():
-            runs += [str(p.parent) for p in sorted(path.rglob("results.json"))]
+            runs += [str(p.parent) for p in sweep_results(path)]
         else:
             raise TaskError(f"{src} is neither a checkpoint, a run directory nor a sweep directory")
     if not runs:
@@ -396,3 +397,20 @@ def compare_montage(rows: list[dict[str, Any]], path: Path, k: int = 8) -> Path 
         return None
     n = min(len(im) for im in images)
     return save_rows([to_levels(im[:n].double(), 255) for im in images], 256, path, labels)
+
+
+def run_many(sources: list[str], args: list[str]) -> dict[str, Any]:
+    """``genlab-task restore ckpt=<sweep dir | run,run,...> operator=... [options]``: :func:`compare` over those
+    runs with the one operator given (``out=``: default ``<first source>/restore_compare``)."""
+    from genlab.tasks.cli import parse
+
+    check_options(parse("restore", [f"ckpt={sources[0]}", *(a for a in args if not a.startswith("ckpt="))]))
+    opts = [a for a in args if not a.startswith(("ckpt=", "out="))]
+    out = next((a.split("=", 1)[1] for a in args if a.startswith("out=")), str(Path(sources[0]) / "restore_compare"))
+    spec = [a for a in opts if a.startswith("operator=")] or ["operator=mask"]
+    summary = compare(sources, [spec], [a for a in opts if a not in spec], out)
+    done = [r for r in summary["rows"] if "refused" not in r]
+    summary["summary"] = [f"{len(done)} runs restored ({len(summary['rows']) - len(done)} refused) under {spec[0]}",
+                          f"table: {Path(out) / 'restore_compare.md'}", f"montage: {summary['png']}"]
+    summary["out_dir"] = out
+    return summary
