@@ -185,3 +185,11 @@ def check_observation(obs: DiscreteObservation, kind: str, levels: int) -> str |
     if obs.ordinal and kind == "text":
         return f"the {obs.name} output assumes ordered intensities; text characters need a categorical output"
     return obs.check_levels(levels)
+
+
+def level_table(obs: DiscreteObservation, params: Tensor, levels: int, batch: int, dims: int) -> Tensor:
+    """``log p(x_d = l)`` for every dimension and level, ``(B, D, L)``: ``obs``'s per-dimension log-probability
+    at each level in turn (what an entropy coder needs of a factorised observation model)."""
+    rows = [obs.log_prob_per_dim(params, torch.full((batch, dims), level, dtype=torch.long, device=params.device), levels)
+            for level in range(levels)]
+    return torch.stack(rows, dim=-1)

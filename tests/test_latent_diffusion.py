@@ -132,6 +132,10 @@ def _tasks_through_the_composed_model(ckpt: str, tmp_path) -> None:
     strips = run_task("interpolate", [f"ckpt={ckpt}", "pairs=2", "steps=4", "inversion_steps=10",
                                       f"out={tmp_path / 'interp'}"])
     assert strips["path"] == "linear" and (tmp_path / "interp" / "interpolate.png").is_file()
+    from genlab.tasks.base import TaskError
+
+    with pytest.raises(TaskError, match="stochastic encoder.*bits-back coding.*model=vqvae"):
+        run_task("compress", [f"ckpt={ckpt}", "n=4", f"out={tmp_path / 'compress'}"])
 
 
 def test_a_pixel_backbone_cannot_be_the_prior_over_a_latent_vector(make_cfg, tmp_path):

@@ -314,8 +314,26 @@ class SequentialCoder(Capability):
                "models would need bits-back coding, which is not implemented")
 
     def coding_order(self, nets: Nets) -> Tensor:
-        """Flat positions in the order they are coded, ``(D,)``."""
+        """Flat positions of the message in the order they are coded, ``(D,)``."""
         raise NotImplementedError
+
+    # The message is what is coded: by default the example itself; a model with a latent part (a two-stage
+    # model's codes, then the image given them) codes a longer message and reads the example back from it.
+    def message_shape(self, nets: Nets) -> tuple[int, ...]:
+        """The shape of one example's message (default: the data's shape)."""
+        return tuple(nets.info.shape)
+
+    def message_dtype(self, nets: Nets) -> torch.dtype | None:
+        """The dtype of the message (None: the data's)."""
+        return None
+
+    def to_message(self, nets: Nets, x: Tensor) -> Tensor:
+        """Examples ``x`` -> their messages ``(B, *message_shape)`` (default: ``x``)."""
+        return x
+
+    def from_message(self, nets: Nets, message: Tensor) -> Tensor:
+        """Decoded messages -> the examples (default: the message)."""
+        return message
 
     def start_coding(self, nets: Nets, x: Tensor) -> Any:
         """The incremental state for coding the batch ``x`` (zeros where not yet decoded)."""
@@ -377,6 +395,11 @@ class LatentAutoencoder(Capability):
 
     def decode_mean(self, nets: Nets, z: Tensor) -> Tensor:
         """Latents -> the decoder's mean in LEVEL units ``(B, *shape)``, float (for pictures of latents)."""
+        raise NotImplementedError
+
+    def decoder_log_probs(self, nets: Nets, z: Tensor) -> Tensor:
+        """``log p(x_d = l | z)`` of every data dimension and level ``(B, D, L)`` (the decoder factorises
+        over dimensions given ``z``): what codes the image given its latents."""
         raise NotImplementedError
 
     def latent_log_likelihood(self, nets: Nets, x: Tensor, z: Tensor) -> Tensor:

@@ -28,8 +28,10 @@ File layout (every byte counts in the reported size; ``varint`` = LEB128, 1 byte
 
 Baselines on the same examples: PNG per image (PIL, optimised, summed; a 1-bit PNG for binary
 images), ``gzip -9`` and ``xz -9`` of the raw array (one byte per dimension), and for binary
-data the same of the bit-packed array. Latent-variable models (VAE, flows, diffusion) would
-need bits-back coding (Townsend et al. 2019), which is not implemented.
+data the same of the bit-packed array. A two-stage model over a VQ-VAE codes a longer message: the
+codes with the prior's conditionals, then the image with the decoder given them (its file measures the
+composed bound; :mod:`genlab.families.latent.coding`). Latent-variable models with a stochastic encoder
+(VAE, flows, diffusion) would need bits-back coding (Townsend et al. 2019), which is not implemented.
 
 Writes ``images.rans`` (``text.rans`` for text), ``compress.json`` and ``compress.md``.
 """
@@ -164,20 +166,21 @@ def _chain(family: SequentialCoder, nets: Nets, b: int, dtype: torch.dtype, prob
     """Fill ``b`` examples from zeros, one dimension at a time in the coding order; at each step the
     cumulative frequency tables ``(B, L+1)`` go to ``pick``, whose symbols are written in."""
     device = next(nets.parameters()).device
-    x = torch.zeros(b, *nets.info.shape, dtype=dtype, device=device)
-    flat = x.view(b, -1)
-    state = family.start_coding(nets, x)
+    mdtype = family.message_dtype(nets) or dtype
+    m = torch.zeros(b, *family.message_shape(nets), dtype=mdtype, device=device)  # the message (default: x)
+    flat = m.view(b, -1)
+    state = family.start_coding(nets, m)
     for step, pos in enumerate(family.coding_order(nets).tolist()):
-        logp = family.next_log_probs(nets, x, step, state)  # (B, L)
+        logp = family.next_log_probs(nets, m, step, state)  # (B, L)
         cum = rans.cumulative(rans.quantize(logp.double().cpu().numpy(), prob_bits))  # (B, L+1)
-        flat[:, pos] = torch.from_numpy(pick(step, pos, cum)).to(device=device, dtype=dtype)
-    return x
+        flat[:, pos] = torch.from_numpy(pick(step, pos, cum)).to(device=device, dtype=mdtype)
+    return family.from_message(nets, m).to(dtype)
 
 
 def encode_chunk(family: SequentialCoder, nets: nn.ModuleDict, x: Tensor, prob_bits: int) -> bytes:
     """One rANS stream for the examples ``x (B, *shape)``, symbols position-major, example-minor."""
     b = len(x)
-    truth = x.reshape(b, -1).long().cpu().numpy()  # (B, D)
+    truth = family.to_message(nets, x).reshape(b, -1).long().cpu().numpy()  # (B, message length)
     rows = np.arange(b)
     starts = np.zeros((truth.shape[1], b), dtype=np.int64)  # (D steps, B)
     freqs = np.zeros_like(starts)

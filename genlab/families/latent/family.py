@@ -42,6 +42,7 @@ from genlab.data.base import DataError, DataInfo
 from genlab.data.latents import Encoding, LatentCache, LatentCacheWarning, LatentTable, state_digest
 from genlab.families.base import (Encoder, Family, IncompatibleConfigError, LatentAutoencoder, LatentPrior, Likelihood,
                                   LossOutput, Nets)
+from genlab.families.latent.coding import TwoPartCoder
 from genlab.families.latent.stage1 import TRAIN_HINT, Frozen, Stage1, load_stage1, mismatch
 from genlab.metrics.likelihood import LN2, LogLikelihood, NLLKind
 
@@ -57,7 +58,7 @@ def parts_summary(n: int, sums: dict[str, float], dims: int) -> dict[str, float]
     return {**out, **{k.replace("_nats", "_bpd"): v / (dims * LN2) for k, v in out.items()}}
 
 
-class TwoStage(Family, Likelihood, LatentPrior, Encoder):
+class TwoStage(Family, Likelihood, LatentPrior, Encoder, TwoPartCoder):
     """A prior family over a frozen first stage's latents (module docstring).
 
     Args:

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from genlab.data.base import DataInfo
 from genlab.data.scaling import GridScale, data_dtype
-from genlab.distributions import DiscreteObservation, check_observation, default_observation
+from genlab.distributions import DiscreteObservation, check_observation, default_observation, level_table
 from genlab.families.base import Encoder, Family, LatentAutoencoder, Likelihood, LossOutput, Nets
 from genlab.families.vqvae.quantizer import VectorQuantizer, usage
 from genlab.metrics.likelihood import LN2, LogLikelihood
@@ -219,6 +219,11 @@ class VQVAE(Family, Likelihood, Encoder, LatentAutoencoder):
     def decode_mean(self, nets: Nets, z: Tensor) -> Tensor:
         params = self.decoder_params(nets, nets["quantizer"].embed(z[:, 0]))
         return self.observation_for(nets.info).mean(params, nets.info.levels).view(-1, *nets.info.shape)
+
+    @torch.no_grad()
+    def decoder_log_probs(self, nets: Nets, z: Tensor) -> Tensor:
+        params = self.decoder_params(nets, nets["quantizer"].embed(z[:, 0].long()))
+        return level_table(self.observation_for(nets.info), params, nets.info.levels, len(z), nets.info.dims)
 
     @torch.no_grad()
     def decode_latents(self, nets: Nets, z: Tensor) -> Tensor:
