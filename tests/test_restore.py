@@ -361,3 +361,20 @@ def test_a_sweeps_runs_leave_out_the_first_stages_inside_two_stage_runs(tmp_path
         (tmp_path / d / "results.json").write_text("{}")
     found = [p.parent.relative_to(tmp_path).as_posix() for p in sweep_results(tmp_path)]
     assert found == ["0_vae", "1_two_stage", "2_pending/stage1"]
+
+
+@pytest.mark.parametrize("family", list(DENOISERS))
+def test_dps_algorithm_1_steps_pull_the_samples_to_the_measurements(family):
+    """Chung et al.'s Algorithm 1 (dps_scale = zeta): no closed form to meet (it is not an exact posterior
+    sampler, and with no noise it does not return x exactly), but its steps must make the draws consistent
+    with y: the residual falls far below that of the unguided draws (zeta = 0) from the same noise."""
+    make, (a, b), kw = DENOISERS[family]
+    fam, nets = make()
+    op = Projection((1, 2, 2), 0.5, seed=1)
+    problem = measure(op, a * MU + b + 0.1, 0.01, 500)
+    residual = {}
+    for zeta in (0.0, 0.3):
+        torch.manual_seed(0)
+        draws = fam.restore(nets, problem, "dps", opts(**kw, dps_scale=zeta))
+        residual[zeta] = float(problem.residual(draws).flatten(1).norm(dim=1).mean())
+    assert residual[0.3] < 0.25 * residual[0.0], residual

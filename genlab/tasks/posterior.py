@@ -9,10 +9,12 @@ methods differ in how they approximate ``p(y | x_t)`` (:func:`corrected_x0`):
   ``p(x | x_t) ~ N(x0_hat, r_t^2 I)``, so ``p(y | x_t) ~ N(A x0_hat, sigma^2 I + r_t^2 A A^T)`` and
   ``grad log p(y | x_t) = J^T A^T (sigma^2 I + r_t^2 A A^T)^{-1} (y - A x0_hat)``, ``J = d x0_hat / d x_t``
   (one vector-Jacobian product), with ``r_t^2 = s_t^2 / (a_t^2 + s_t^2)``: exact for data of unit variance.
-* ``dps`` (Chung et al. 2023, "Diffusion Posterior Sampling", Eq. 16 and Alg. 1):
-  ``grad log p(y | x_t) ~ -w grad_{x_t} ||y - A x0_hat(x_t)||^2`` with ``w = 1 / (2 sigma^2)`` (their
-  Gaussian likelihood, ``dps_scale=null``), or their normalised step ``w = zeta / (2 ||y - A x0_hat||)``
-  (``dps_scale=zeta``: a step ``zeta`` along ``-grad ||y - A x0_hat||``).
+* ``dps`` (Chung et al. 2023, "Diffusion Posterior Sampling"): their Algorithm 1 (``dps_scale=zeta``,
+  the default 1.0): the sampler's step from the unguided ``x0_hat``, then a step ``zeta`` along
+  ``-grad_{x_t} ||y - A x0_hat(x_t)||`` (their ``zeta_t = zeta / ||y - A x0_hat||`` on the squared norm, as
+  their code does it; :func:`dps_direction`); or (``dps_scale=null``) their Gaussian likelihood of Eq. 16
+  in Tweedie's correction, ``grad log p(y | x_t) ~ -grad ||y - A x0_hat||^2 / (2 sigma^2)``, which is the
+  posterior where the noise dominates and stiff where it is small.
 * ``projection`` (the range-space correction of DDNM, Wang et al. 2023, with the noise handled as in
   DDRM / ΠGDM): ``x0_hat + A^T (A A^T + (sigma^2 / r_t^2) I)^{-1} (y - A x0_hat)``, the posterior mean of
   ``N(x0_hat, r_t^2 I)`` given ``y``; no network gradient. With ``sigma = 0`` and ``A`` of full rank it
@@ -65,6 +67,17 @@ def corrected_x0(method: str, problem: Measurement, x0_of: Callable[[Tensor], Te
             w = dps_weight(sq.detach(), sigma, dps_scale)
             (g,) = torch.autograd.grad(-(w * sq).sum(), xg)
     return (x0 + kappa * g).detach()
+
+
+def dps_direction(problem: Measurement, x0_of: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x0_hat, grad_{x_t} ||y - A x0_hat(x_t)||)`` per example at the state ``x``: DPS's (Algorithm 1)
+    unguided estimate and the direction of its step; detached."""
+    with torch.inference_mode(False), torch.enable_grad():
+        xg = x.detach().clone().requires_grad_(True)
+        x0 = x0_of(xg)
+        norm = problem.residual(x0).flatten(1).norm(dim=1)
+        (g,) = torch.autograd.grad(norm.sum(), xg)
+    return x0.detach(), g.detach()
 
 
 def dps_weight(sq: Tensor, sigma: float, dps_scale: float | None) -> Tensor:

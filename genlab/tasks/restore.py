@@ -60,7 +60,8 @@ class Config(TaskConfig):
     steps: chain / ODE / Langevin steps (null: the method's default: min(T, 100) reverse steps, the
     ODE solver's steps, the EBM sampler's sample_steps, iters for latent Langevin).
     eta: diffusion: DDIM's eta of the restoring chain (1: ancestral, 0: deterministic).
-    dps_scale: dps: Chung et al.'s normalised step zeta (null: the Gaussian likelihood weight 1/(2 noise^2)).
+    dps_scale: dps: the step zeta of Chung et al.'s Algorithm 1 along -grad ||y - A x0_hat|| (null: their
+    Gaussian likelihood weight 1/(2 noise^2) in Tweedie's correction instead).
     iters: latent MAP: L-BFGS iterations (latent Langevin: its steps when steps is null).
     step_size: latent Langevin: the step in units of the posterior's curvature.
     show: images in restore.png.

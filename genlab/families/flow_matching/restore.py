@@ -7,7 +7,8 @@ with the model's solver on ``steps`` steps, integrates a *posterior* velocity: o
 :class:`PosteriorVelocity` puts ``E[x_1 | x_t, y]`` in place of ``x1_hat``
 (:func:`genlab.tasks.posterior.corrected_x0`: ``pigdm``, ``dps`` or ``projection``, with ``kappa =
 sigma_t^2 / alpha_t`` and ``r_t^2 = sigma_t^2 / (alpha_t^2 + sigma_t^2)``): the probability-flow ODE of
-the posterior where the correction is exact. Where ``alpha_t < 1e-3`` (the pure-noise end, where
+the posterior where the correction is exact. ``dps`` with a step ``dps_scale`` follows DPS's Algorithm 1
+instead (:func:`dps_euler`: Euler steps of the unguided velocity, each followed by the guidance step). Where ``alpha_t < 1e-3`` (the pure-noise end, where
 ``p(y | x_t)`` does not depend on ``x_t``) the gradient methods add no correction. Solved in the model's
 ``[-1, 1]`` bin scale, guided with ``model.solver.guidance`` as the samples are.
 """
@@ -24,7 +25,7 @@ from genlab.families.base import Nets, Restorer
 from genlab.families.flow_matching.ode import transport
 from genlab.families.flow_matching.paths import AffinePath
 from genlab.tasks.operators import Measurement, affine_of
-from genlab.tasks.posterior import METHODS, SAMPLERS, check_method, corrected_x0
+from genlab.tasks.posterior import METHODS, SAMPLERS, check_method, corrected_x0, dps_direction
 
 ALPHA_MIN, SIGMA_MIN = 1e-3, 1e-4
 
@@ -75,4 +76,25 @@ class FlowMatchingRestorer(Restorer):
         if steps < 1:
             raise ValueError(f"steps={steps} must be >= 1 (ODE steps from noise to data)")
         x0 = torch.randn(len(problem.y), *nets.info.shape, device=p.device, dtype=p.dtype)
+        if method == "dps" and options.dps_scale is not None:
+            return self.to_unit(nets, dps_euler(field, x0, steps, float(options.dps_scale)))
         return self.to_unit(nets, transport(field, x0, 0.0, 1.0, self.solver.with_steps(steps)).y)
+
+
+def dps_euler(field: PosteriorVelocity, x: Tensor, steps: int, zeta: float) -> Tensor:
+    """DPS's Algorithm 1 on the flow's ODE: ``steps`` Euler steps of the unguided velocity from noise to data,
+    each followed by ``- zeta grad_{x_t} ||y - A x1_hat(x_t)||`` (:func:`~genlab.tasks.posterior.dps_direction`;
+    none where ``alpha_t < 1e-3``, where ``y`` says nothing about ``x_t``)."""
+    grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
+    for t0, t1 in zip(grid[:-1], grid[1:]):
+        t = torch.full((len(x),), t0, device=x.device, dtype=x.dtype)
+        a, s, da, ds = field.coefficients(t)
+        x1_of = lambda v: (ds * v - s * field.net(v, t)) / (ds * a - s * da)  # noqa: E731  E[x_1 | x_t]
+        if a < ALPHA_MIN:
+            with torch.no_grad():
+                x1, direction = x1_of(x), None
+        else:
+            x1, direction = dps_direction(field.problem, x1_of, x)
+        x = x + (t1 - t0) * (da * x1 + ds * (x - a * x1) / max(s, SIGMA_MIN))
+        x = x if direction is None else x - zeta * direction
+    return x

@@ -1,0 +1,96 @@
+"""Two-stage models against the pixel-space model of the same family, from one comparison sweep.
+
+    genlab-train experiment=compare_families dataset=mnist paths.data_dir=... seed=0,1,2 \
+        +family=autoregressive,diffusion,vqvae_pixelcnn,latent_diffusion \
+        callbacks.cpu_budget.seconds=120 trainer.max_time=00:00:10:00 threads=1
+    genlab-compare <sweep dir>                       # scores every run's samples (quality.json)
+    python scripts/bench_two_stage.py <sweep dir> [--pair two_stage/latent_pixelcnn=autoregressive/pixelcnn ...]
+
+For each pair (a two-stage ``family/model`` = the pixel ``family/model`` of the same prior family), over
+the seeds of the sweep (mean, and the range over seeds): the test NLL of the pixel model and the
+two-stage bound on the same test images with its parts (``recon_bpd``, ``prior_bpd``, ``bitsback_bpd``
+for a stochastic first stage), how much looser the bound is, FD of 1,000 samples (genlab-compare's
+quality.json), and sampling time per 1,000 samples (genlab-eval's timing of those samples) with the
+speed-up. Writes ``two_stage.md`` next to the sweep's ``comparison.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from genlab.runs import sweep_results
+
+PAIRS = ["two_stage/latent_pixelcnn=autoregressive/pixelcnn", "two_stage/ddpm_mlp=diffusion/ddpm"]
+
+
+def runs_by_model(sweep: Path) -> dict[str, list[dict[str, Any]]]:
+    """Finished runs grouped by ``family/model``, each with its bound's parts and its sample quality."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sweep_results(sweep):
+        r = json.loads(path.read_text())
+        if r.get("status") != "finished":
+            continue
+        q = json.loads((path.parent / "quality.json").read_text()) if (path.parent / "quality.json").is_file() else {}
+        m = r.get("metrics", {})
+        row = {"nll": r["test"].get("nll_bpd"), "fd": (q.get("samples") or {}).get("fd"),
+               "s_per_1000": q.get("sample_seconds_per_1000"), "steps": r.get("global_step"),
+               **{k: m.get(f"test/{k}") for k in ("recon_bpd", "prior_bpd", "bitsback_bpd")}}
+        stage1 = path.parent / "stage1" / "results.json"
+        row["stage1_steps"] = json.loads(stage1.read_text()).get("global_step") if stage1.is_file() else None
+        out.setdefault(f"{r['family']}/{r['model']}", []).append(row)
+    return out
+
+
+def cell(rows: list[dict[str, Any]], key: str, digits: int = 3) -> str:
+    """``mean (min-max)`` over seeds, or ``—``."""
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    if not vals:
+        return "—"
+    mean = statistics.fmean(vals)
+    return f"{mean:.{digits}f}" if len(vals) == 1 else f"{mean:.{digits}f} ({min(vals):.{digits}f}–{max(vals):.{digits}f})"
+
+
+def mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def pair_lines(two: str, pixel: str, runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Two table rows (the pixel model, the two-stage model) and the comparison line."""
+    a, b = runs.get(pixel, []), runs.get(two, [])
+    if not a or not b:
+        return [f"| {two} vs {pixel} | missing runs ({len(b)} two-stage, {len(a)} pixel) | | | | | | |"]
+    parts = " + ".join(cell(b, k) for k in ("recon_bpd", "prior_bpd")) + (
+        f" − {cell(b, 'bitsback_bpd')}" if mean(b, "bitsback_bpd") is not None else "")
+    loose = (mean(b, "nll") or 0) - (mean(a, "nll") or 0)
+    speed = (mean(a, "s_per_1000") or 0) / max(mean(b, "s_per_1000") or 1e-12, 1e-12)
+    return [f"| {pixel} | {len(a)} | {cell(a, 'steps', 0)} | {cell(a, 'nll')} (exact/bound) | | {cell(a, 'fd', 1)} | "
+            f"{cell(a, 's_per_1000', 1)} | |",
+            f"| {two} | {len(b)} | {cell(b, 'stage1_steps', 0)} + {cell(b, 'steps', 0)} | {cell(b, 'nll')} (bound) | "
+            f"{parts} | {cell(b, 'fd', 1)} | {cell(b, 's_per_1000', 1)} | {speed:.1f}x; bound {loose:+.3f} bits/dim |"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep", type=Path)
+    p.add_argument("--pair", action="append", help=f"two_stage_family/model=pixel_family/model (default {PAIRS})")
+    args = p.parse_args(argv)
+    runs = runs_by_model(args.sweep)
+    lines = ["| model | seeds | steps | test NLL, bits/dim | bound parts: recon + prior (− bits back) | FD | "
+             "s / 1,000 samples | two-stage: speed-up; bound − pixel NLL |", "|---|---|---|---|---|---|---|---|"]
+    for spec in args.pair or PAIRS:
+        two, pixel = spec.split("=")
+        lines += pair_lines(two, pixel, runs)
+    text = "\n".join(lines) + "\n"
+    (args.sweep / "two_stage.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
