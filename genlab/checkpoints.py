@@ -211,12 +211,13 @@ RESUMABLE = (
 )
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"a.b.c": value}`` (an empty dict stays one entry)."""
     if not isinstance(d, dict) or not d:
         return {prefix: d}
     out: dict[str, Any] = {}
     for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        out.update(flatten_config(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
 
@@ -231,7 +232,7 @@ def _relative(flat: dict[str, Any]) -> dict[str, Any]:
 def changed_on_resume(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The config keys that differ between a checkpoint's run and a resume of it and that a resume
     cannot apply (the optimizer's and the models' state come from the checkpoint)."""
-    a, b = _relative(_flatten(stored)), _relative(_flatten(current))
+    a, b = _relative(flatten_config(stored)), _relative(flatten_config(current))
     keys = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
     return [k for k in keys if not any(k == r or k.startswith(r + ".") for r in RESUMABLE)]
 
@@ -244,7 +245,7 @@ def check_resume(ckpt_path: str, ckpt: dict[str, Any], current: dict[str, Any]) 
                               "genlab-train. Fix: resume from a genlab run's checkpoints/last.ckpt")
     keys = changed_on_resume(stored, current)
     if keys:
-        shown = ", ".join(f"{k} ({_flatten(stored).get(k, '<unset>')!r} -> {_flatten(current).get(k, '<unset>')!r})"
+        shown = ", ".join(f"{k} ({flatten_config(stored).get(k, '<unset>')!r} -> {flatten_config(current).get(k, '<unset>')!r})"
                           for k in keys[:8]) + (" ..." if len(keys) > 8 else "")
         raise CheckpointError(
             f"ckpt_path={ckpt_path}: these settings differ from the checkpoint's run and cannot change on resume "

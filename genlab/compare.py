@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid
 
+from genlab.checkpoints import flatten_config
 from genlab.families.base import family_names
 from genlab.metrics.intervals import Interval, format_interval, t_interval, tied_ranks
 from genlab.metrics.quality import InceptionError, inception_weights
@@ -180,21 +181,12 @@ def seed_key(r: dict[str, Any]) -> str:
     are their own group (a failed seed is shown, never averaged)."""
     if r.get("status") != "finished":
         return r["run_dir"]
-    flat = {**_flatten(r.get("config") or {}), **{f"<{k}>": r.get(k) for k in ("family", "model", "loss", "dataset")}}
+    flat = {**flatten_config(r.get("config") or {}), **{f"<{k}>": r.get(k) for k in ("family", "model", "loss", "dataset")}}
     out_dir = flat.get("paths.output_dir")
     ident = {k: v.replace(out_dir, "<output_dir>") if out_dir and isinstance(v, str) else v for k, v in flat.items()
              if k.split(".")[0] not in _NOT_COMPARED and k.split(".")[-1] != "seed"}
     ident["<protocols>"] = [row(r)["protocol"], row(r)["inception_protocol"]]
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict) or not d:
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def group_seeds(runs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -69,7 +69,7 @@ def test_a_family_outside_genlab_trains_compares_and_gets_its_tasks(tiny, tmp_pa
         elif line.startswith("  ") and line.split():
             task = line.split()[0]
     assert listed == {"anomaly": True, "inpaint": True, "denoise": False, "interpolate": False,
-                      "augment": False, "compress": True, "classify": True}
+                      "augment": False, "compress": True, "classify": True, "restore": False}
 
     ckpt = results["checkpoints"]["best"] or results["checkpoints"]["last"]
     out = tmp_path / "compress"
