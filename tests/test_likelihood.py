@@ -79,3 +79,16 @@ def test_observation_samples_follow_log_prob(obs, levels):
     probs = obs.log_prob_per_dim(params.expand(levels, -1, -1), _all_levels(levels, 1), levels)[:, 0].exp().double()
     torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)
     assert obs.mean(params, levels)[0, 0] == pytest.approx(float((probs * torch.arange(levels)).sum()), abs=0.05 * levels)
+
+
+@pytest.mark.parametrize("levels", [2, 17, 256])
+def test_discretized_logistic_mean_is_the_enumerated_expectation(levels):
+    from genlab.distributions import DiscreteObservation, DiscretizedLogistic
+
+    torch.manual_seed(0)
+    params = torch.stack([torch.rand(5, 30) * 2.4 - 1.2, torch.rand(5, 30) * 6 - 5], dim=1)  # mu, log s
+    obs = DiscretizedLogistic()
+    enumerated = DiscreteObservation.mean(obs, params, levels)  # sum_l l P(l), the base class's definition
+    torch.testing.assert_close(obs.mean(params, levels), enumerated, atol=2e-4 * levels, rtol=1e-4)
+    probs = torch.stack([obs.log_prob_per_dim(params, torch.full((5, 30), lvl), levels).exp() for lvl in range(levels)], -1)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(5, 30), atol=1e-5, rtol=0)  # a distribution over the levels
