@@ -53,7 +53,7 @@ def runs_by_model(sweep: Path) -> dict[str, list[dict[str, Any]]]:
             continue
         q = json.loads((path.parent / "quality.json").read_text()) if (path.parent / "quality.json").is_file() else {}
         m = r.get("metrics", {})
-        row = {"nll": r["test"].get("nll_bpd"), "fd": (q.get("samples") or {}).get("fd"),
+        row = {"nll": r["test"].get("nll_bpd"), "kind": r["test"].get("nll_kind"), "fd": (q.get("samples") or {}).get("fd"),
                "s_per_1000": q.get("sample_seconds_per_1000"), "steps": r.get("global_step"),
                **{k: m.get(f"test/{k}") for k in ("recon_bpd", "prior_bpd", "bitsback_bpd")}}
         stage1 = path.parent / "stage1" / "results.json"
@@ -95,7 +95,7 @@ def pair_lines(two: str, pixel: str, runs: dict[str, list[dict[str, Any]]], time
             for r in rows:
                 r["s_per_1000"] = 1000 * statistics.median(t) / timed
         speed = statistics.median(ta) / statistics.median(tb)
-    return [f"| {pixel} | {len(a)} | {cell(a, 'steps', 0)} | {cell(a, 'nll')} (exact/bound) | | {cell(a, 'fd', 1)} | "
+    return [f"| {pixel} | {len(a)} | {cell(a, 'steps', 0)} | {cell(a, 'nll')} ({a[0]['kind']}) | | {cell(a, 'fd', 1)} | "
             f"{cell(a, 's_per_1000', 1)} | |",
             f"| {two} | {len(b)} | {cell(b, 'stage1_steps', 0)} + {cell(b, 'steps', 0)} | {cell(b, 'nll')} (bound) | "
             f"{parts} | {cell(b, 'fd', 1)} | {cell(b, 's_per_1000', 1)} | {speed:.1f}x; bound {loose:+.3f} bits/dim |"]
