@@ -69,7 +69,9 @@ def cell(rows: list[dict[str, Any]], key: str, digits: int = 3) -> str:
     if not vals:
         return "—"
     mean = statistics.fmean(vals)
-    return f"{mean:.{digits}f}" if len(vals) == 1 else f"{mean:.{digits}f} ({min(vals):.{digits}f}–{max(vals):.{digits}f})"
+    if len(vals) == 1 or min(vals) == max(vals):  # one value (or one measurement shared by the seeds)
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(vals):.{digits}f}–{max(vals):.{digits}f})"
 
 
 def mean(rows: list[dict[str, Any]], key: str) -> float | None:
