@@ -18,6 +18,7 @@ import errno
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,18 @@ class CheckpointError(RuntimeError):
 
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (disk full, no permission); the previous one is intact."""
+
+
+def load_cached(path: str | Path, what: str, redo: str, category: type[Warning]) -> Any | None:
+    """The contents of a derived-data cache file written by :func:`atomic_save` (tensors only), or None with a
+    ``category`` warning (``the cached <what> <path> cannot be read (...); <redo>``) when it cannot be read:
+    truncated, not a torch file, unpickling refused all mean "rebuild it"."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        warnings.warn(f"the cached {what} {path} cannot be read ({type(err).__name__}: {err}); {redo}", category,
+                      stacklevel=3)
+        return None
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

@@ -29,7 +29,8 @@ from genlab.runs import FIRST_STAGE_DIR
 from genlab.families.base import IncompatibleConfigError
 
 PASSED_GROUPS = ("dataset", "trainer", "logger")  # the chosen option of these groups is the first stage's too
-PASSED_PREFIXES = ("dataset.", "paths.", "seed", "threads", "+dataset.")  # command-line overrides passed on
+PASSED_PREFIXES = ("dataset.", "paths.", "threads", "+dataset.")  # command-line overrides passed on
+SET_HERE = ("paths.data_dir=",)  # passed from the resolved config instead (with the seed and the budget)
 
 
 class FirstStageError(RuntimeError):
@@ -119,7 +120,7 @@ def command(cfg: DictConfig, out: Path) -> list[str]:
     chosen = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     groups = [f"{g}={chosen[g]}" for g in PASSED_GROUPS if chosen.get(g)]
     task = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    passed = [o for o in task if o.startswith(PASSED_PREFIXES)]
+    passed = [o for o in task if o.startswith(PASSED_PREFIXES) and not o.startswith(SET_HERE)]
     budget = [f"trainer.max_time={cfg.first_stage.max_time}"] if cfg.first_stage.get("max_time") else []
     if cfg.first_stage.get("cpu_seconds") is not None:
         budget.append(f"callbacks.cpu_budget.seconds={cfg.first_stage.cpu_seconds}")

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from genlab import progress
-from genlab.checkpoints import atomic_save
+from genlab.checkpoints import atomic_save, load_cached
 from genlab.data.base import DataError, DataInfo, InMemoryDataModule, TensorSplit, seeded_split
 
 log = logging.getLogger(__name__)
@@ -238,11 +238,8 @@ class FlipSplit(TensorSplit):
 def read_cache(path: Path, digest: str) -> tuple[Tensor, Tensor | None, tuple[str, ...] | None] | None:
     """``(x, y, classes)`` from a cache file written for ``digest``; None (with a warning) if it is
     unreadable or holds something else."""
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, unpickling refused: all mean "rebuild"
-        warnings.warn(f"the cached image folder {path} cannot be read ({type(err).__name__}: {err}); converting the "
-                      "images again", ImageCacheWarning, stacklevel=2)
+    stored = load_cached(path, "image folder", "converting the images again", ImageCacheWarning)
+    if stored is None:
         return None
     ok = isinstance(stored, dict) and stored.get("format") == FORMAT and stored.get("digest") == digest
     x, y = (stored.get("x"), stored.get("y")) if ok else (None, None)

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genlab.checkpoints import atomic_save, weights_digest
+from genlab.checkpoints import atomic_save, load_cached, weights_digest
 from genlab.data.base import DataInfo
 
 log = logging.getLogger(__name__)
@@ -213,11 +213,8 @@ class LatentCache:
 def read_latents(path: Path, keys: Tensor, latent: Encoding) -> Tensor | None:
     """The latents stored at ``path`` if the file is readable and fits the split (same content keys in
     the same order, latents of ``latent``'s shape and levels); else None, with a warning."""
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, unpickling refused: all mean "rebuild"
-        warnings.warn(f"the cached latents {path} cannot be read ({type(err).__name__}: {err}); re-encoding the "
-                      "split and rewriting the file", LatentCacheWarning, stacklevel=2)
+    stored = load_cached(path, "latents", "re-encoding the split and rewriting the file", LatentCacheWarning)
+    if stored is None:
         return None
     reason = misfit(stored, keys, latent)
     if reason:
